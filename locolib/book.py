@@ -1,0 +1,92 @@
+"""Build the book: execute every notebook of the table of contents with papermill, then render.
+
+The executed copies go to a staging folder that mirrors the repository (``_config.yml``, ``book/``,
+``notebooks/``), so that page paths, and with them the Colab links, are those of the repository.
+Run as ``python -m locolib.book --profile default`` from anywhere inside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from locolib.notebook import PROFILES, run_notebook
+
+
+def toc_notebooks(root: Path) -> list[Path]:
+    """The notebooks named in ``book/_toc.yml``, in reading order, as paths under ``root``."""
+    toc = yaml.safe_load((root / "book" / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    notebooks = [root / f"{f}.ipynb" for f in files if (root / f"{f}.ipynb").exists()]
+    missing = [f for f in files if not (root / f"{f}.ipynb").exists() and not (root / f"{f}.md").exists()]
+    if missing:
+        raise FileNotFoundError(f"book/_toc.yml names pages that do not exist: {missing}")
+    return notebooks
+
+
+def stage(root: Path, staging: Path, profile: str) -> Path:
+    """Copy the book's sources to ``staging`` and execute each notebook there; return ``staging``."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(root / "book", staging / "book")
+    shutil.copy2(root / "_config.yml", staging / "_config.yml")
+    for notebook in toc_notebooks(root):
+        start = time.perf_counter()
+        print(f"executing {notebook.relative_to(root)} (profile {profile}) ...", flush=True)
+        run_notebook(notebook, staging / notebook.relative_to(root), profile=profile)
+        print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
+    return staging
+
+
+def build(root: Path, output: Path, profile: str = "default") -> Path:
+    """Execute and render the whole book into ``output/html``; fail on any cell error or warning."""
+    staging = stage(root, output / "stage", profile)
+    command = [
+        sys.executable, "-m", "jupyter_book", "build", str(staging),
+        "--path-output", str(output.parent if output.name == "_build" else output),
+        "--config", str(staging / "_config.yml"),
+        "--toc", str(staging / "book" / "_toc.yml"),
+        "-W", "--keep-going",
+    ]
+    subprocess.run(command, check=True)
+    return output / "html"
+
+
+def find_root(start: Path) -> Path:
+    for folder in (start, *start.parents):
+        if (folder / "_config.yml").exists() and (folder / "book" / "_toc.yml").exists():
+            return folder
+    raise FileNotFoundError(f"no book (a folder with _config.yml and book/_toc.yml) at or above {start}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default", choices=PROFILES)
+    parser.add_argument("--output", type=Path, default=None, help="build folder (default: <root>/_build)")
+    args = parser.parse_args(argv)
+    root = find_root(Path.cwd())
+    start = time.perf_counter()
+    html = build(root, (args.output or root / "_build").resolve(), args.profile)
+    print(f"book built in {time.perf_counter() - start:.0f} s: {html / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Running the book's notebooks: profile selection inside a notebook, headless execution outside."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROFILES = ("smoke", "default", "gpu")
+
+
+def choose_profile(profiles: Mapping[str, Mapping[str, Any]], profile: str) -> dict[str, Any]:
+    """Return the settings of ``profile`` from a notebook's ``profiles`` literal.
+
+    A profile may be missing from a notebook (not every chapter has a GPU setting); asking for it
+    is an error that names the profiles there are.
+    """
+    if profile not in profiles:
+        raise ValueError(
+            f"unknown profile {profile!r}: this notebook defines {sorted(profiles)}; "
+            f"set the parameter `profile` to one of them (papermill: -p profile smoke)"
+        )
+    return dict(profiles[profile])
+
+
+def run_notebook(
+    source: str | Path,
+    output: str | Path,
+    profile: str = "default",
+    parameters: Mapping[str, Any] | None = None,
+    timeout: int | None = 3600,
+    progress: bool = False,
+) -> Path:
+    """Execute ``source`` headless with papermill into ``output`` and return ``output``.
+
+    The notebook runs in its own folder (so relative paths behave as in Jupyter) with
+    ``profile`` and any extra ``parameters`` injected after its ``parameters`` cell. A failing
+    cell raises ``papermill.PapermillExecutionError``; the output notebook keeps the traceback.
+    """
+    import papermill
+
+    source, output = Path(source).resolve(), Path(output).resolve()
+    if not source.is_file():
+        raise FileNotFoundError(f"no notebook at {source}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(source),
+        str(output),
+        parameters={"profile": profile, **(parameters or {})},
+        cwd=str(source.parent),
+        kernel_name="python3",
+        execution_timeout=timeout,
+        progress_bar=progress,
+        log_output=False,
+    )
+    return output
+
+
+COLAB_MARKER = "# Colab: install locolib"
+
+
+def colab_cell_source(config: str | Path) -> str:
+    """The first code cell of every notebook: installs locolib in Colab, does nothing elsewhere.
+
+    The repository URL and branch come from ``_config.yml`` so that they are written down once.
+    """
+    import yaml
+
+    repo = yaml.safe_load(Path(config).read_text())["repository"]
+    url, branch = repo["url"].rstrip("/"), repo["branch"]
+    return (
+        f"{COLAB_MARKER} from the book's repository (branch {branch}); elsewhere this does nothing.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install --quiet "locolib @ git+{url}@{branch}"'
+    )
+
+
+def is_colab_cell(source: str) -> bool:
+    return source.startswith(COLAB_MARKER)
