@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from locolib.notebook import PROFILES, run_notebook
+from locolib.notebook import PROFILES, read_parameters, run_notebook
 
 
 def toc_notebooks(root: Path) -> list[Path]:
@@ -49,25 +49,30 @@ def stage(root: Path, staging: Path, profile: str) -> Path:
     shutil.copytree(root / "book", staging / "book")
     shutil.copy2(root / "_config.yml", staging / "_config.yml")
     for notebook in toc_notebooks(root):
+        # A chapter without a setting for this profile (no GPU work in it, say) shows its default.
+        chosen = profile if profile in read_parameters(notebook).get("profiles", {}) else "default"
         start = time.perf_counter()
-        print(f"executing {notebook.relative_to(root)} (profile {profile}) ...", flush=True)
-        run_notebook(notebook, staging / notebook.relative_to(root), profile=profile)
+        print(f"executing {notebook.relative_to(root)} (profile {chosen}) ...", flush=True)
+        run_notebook(notebook, staging / notebook.relative_to(root), profile=chosen)
         print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
     return staging
 
 
-def build(root: Path, output: Path, profile: str = "default") -> Path:
-    """Execute and render the whole book into ``output/html``; fail on any cell error or warning."""
-    staging = stage(root, output / "stage", profile)
+def build(root: Path, path_output: Path, profile: str = "default") -> Path:
+    """Execute and render the whole book; return ``path_output/_build/html``.
+
+    Fails on any cell error (papermill raises) and on any Sphinx warning (``-W``).
+    """
+    staging = stage(root, path_output / "_build" / "stage", profile)
     command = [
-        sys.executable, "-m", "jupyter_book", "build", str(staging),
-        "--path-output", str(output.parent if output.name == "_build" else output),
+        sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staging),
+        "--path-output", str(path_output),
         "--config", str(staging / "_config.yml"),
         "--toc", str(staging / "book" / "_toc.yml"),
         "-W", "--keep-going",
     ]
     subprocess.run(command, check=True)
-    return output / "html"
+    return path_output / "_build" / "html"
 
 
 def find_root(start: Path) -> Path:
@@ -80,11 +85,12 @@ def find_root(start: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default", choices=PROFILES)
-    parser.add_argument("--output", type=Path, default=None, help="build folder (default: <root>/_build)")
+    parser.add_argument("--path-output", type=Path, default=None,
+                        help="folder that receives _build/ (default: the repository root)")
     args = parser.parse_args(argv)
     root = find_root(Path.cwd())
     start = time.perf_counter()
-    html = build(root, (args.output or root / "_build").resolve(), args.profile)
+    html = build(root, (args.path_output or root).resolve(), args.profile)
     print(f"book built in {time.perf_counter() - start:.0f} s: {html / 'index.html'}")
 
 

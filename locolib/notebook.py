@@ -23,6 +23,32 @@ def choose_profile(profiles: Mapping[str, Mapping[str, Any]], profile: str) -> d
     return dict(profiles[profile])
 
 
+def read_parameters(path: str | Path) -> dict[str, Any]:
+    """The literals assigned in a notebook's cell tagged ``parameters``.
+
+    Raises ValueError if there is not exactly one such cell or it holds anything but plain
+    ``name = literal`` assignments (papermill can only override those faithfully).
+    """
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(tagged)}")
+    values = {}
+    for statement in ast.parse(tagged[0].source).body:
+        if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                and isinstance(statement.targets[0], ast.Name)):
+            raise ValueError(f"{path}: the parameters cell may only assign plain literals to names")
+        try:
+            values[statement.targets[0].id] = ast.literal_eval(statement.value)
+        except ValueError as error:
+            raise ValueError(f"{path}: parameter {statement.targets[0].id} is not a plain literal") from error
+    return values
+
+
 def run_notebook(
     source: str | Path,
     output: str | Path,

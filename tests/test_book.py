@@ -1,0 +1,178 @@
+"""The built book, as a reader sees it in a browser, and the build's refusal of broken input."""
+
+import functools
+import http.server
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import nbformat
+import pytest
+
+from locolib.book import build, toc_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+# --- the build refuses broken input ------------------------------------------------------------
+
+
+def tiny_book(tmp_path: Path, page: str, notebook_code: str) -> Path:
+    (tmp_path / "book").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy2(ROOT / "_config.yml", tmp_path / "_config.yml")
+    shutil.copy2(ROOT / "book" / "references.bib", tmp_path / "book" / "references.bib")
+    (tmp_path / "book" / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n\n"
+    )
+    (tmp_path / "book" / "intro.md").write_text(f"# Intro\n\n{page}\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# N"),
+        nbformat.v4.new_code_cell('profile = "default"\nprofiles = {"smoke": {}, "default": {}}', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(notebook_code),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "notebooks" / "n.ipynb")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_build_fails_on_a_cell_error(tmp_path: Path):
+    import papermill
+
+    book = tiny_book(tmp_path, "Fine.", "assert profile == 'default', 'the claim fails'")
+    with pytest.raises(papermill.PapermillExecutionError, match="the claim fails"):
+        build(book, tmp_path, profile="smoke")
+
+
+@pytest.mark.slow
+def test_build_fails_on_a_sphinx_warning(tmp_path: Path):
+    good = tiny_book(tmp_path / "good", "Fine.", "x = 1")
+    assert (build(good, good, profile="smoke") / "notebooks" / "n.html").exists()
+    bad = tiny_book(tmp_path / "bad", "A link to {ref}`nowhere`.", "x = 1")
+    with pytest.raises(subprocess.CalledProcessError):
+        build(bad, bad, profile="smoke")
+
+
+# --- the smoke book in headless Chromium -------------------------------------------------------
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("href"):
+            self.hrefs.append(attrs["href"])
+
+
+@functools.cache
+def anchors(path: Path) -> _Anchors:
+    parser = _Anchors()
+    parser.feed(path.read_text())
+    return parser
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    return build(ROOT, out, profile="smoke")
+
+
+@pytest.fixture(scope="module")
+def served(smoke_book: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(smoke_book))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (BROWSER and DRIVER):
+        pytest.skip("Chromium or chromedriver is not installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def chapter_pages() -> list[str]:
+    return ["book/intro"] + [str(p.relative_to(ROOT).with_suffix("")) for p in toc_notebooks(ROOT)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", chapter_pages())
+def test_chapter_reads_well_in_a_browser(page: str, smoke_book: Path, served: str, browser):
+    browser.get(urljoin(served, f"{page}.html"))
+    assert browser.title and "404" not in browser.title
+    article = browser.find_element("css selector", "article")
+    assert article.text.strip(), f"{page}: empty page"
+
+    # Math: MathJax (served from the book itself) has typeset every formula, without errors.
+    state = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "if (!window.MathJax || !MathJax.startup) { done('no MathJax'); return; }"
+        "MathJax.startup.promise.then(() => done('ok'), e => done('error: ' + e));"
+    )
+    formulas = browser.execute_script("return document.querySelectorAll('.math').length")
+    typeset = browser.execute_script("return document.querySelectorAll('.math mjx-container').length")
+    errors = browser.execute_script("return document.querySelectorAll('mjx-merror').length")
+    if formulas:
+        assert state == "ok", f"{page}: MathJax did not start ({state})"
+        assert typeset == formulas and errors == 0, f"{page}: {typeset}/{formulas} formulas typeset, {errors} errors"
+
+    # Figures: every image the executed notebook made is on the page and has loaded.
+    images = browser.execute_script(
+        "return Array.from(document.querySelectorAll('article img'))"
+        ".map(i => [i.src, i.complete && i.naturalWidth > 0]);"
+    )
+    assert all(ok for _, ok in images), f"{page}: images that did not load: {[s for s, ok in images if not ok]}"
+    executed = smoke_book.parent / "stage" / f"{page}.ipynb"
+    if executed.exists():
+        nb = nbformat.read(executed, as_version=4)
+        made = sum(
+            "image/png" in out.get("data", {}) or "image/svg+xml" in out.get("data", {})
+            for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+        )
+        assert len(images) >= made, f"{page}: the notebook made {made} figures, the page shows {len(images)}"
+
+
+@pytest.mark.slow
+def test_no_internal_link_is_broken(smoke_book: Path):
+    broken = []
+    for page in smoke_book.rglob("*.html"):
+        for href in anchors(page).hrefs:
+            url = urlparse(href)
+            if url.scheme or url.netloc or href.startswith("mailto:"):
+                continue
+            target = (page.parent / unquote(url.path)).resolve() if url.path else page
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(smoke_book)} -> {href}")
+            elif url.fragment and target.suffix == ".html" and url.fragment not in anchors(target).ids:
+                broken.append(f"{page.relative_to(smoke_book)} -> {href} (no such anchor)")
+    assert not broken, "broken internal links:\n" + "\n".join(broken)
