@@ -9,6 +9,5 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[book,test]"
-.venv/bin/python -m ipykernel install --user --name python3 --display-name "Python 3 (locolib)" >/dev/null
 # shellcheck disable=SC1091
 source .venv/bin/activate
