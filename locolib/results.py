@@ -1,0 +1,403 @@
+"""Result files of training runs: where they live, who may write them, and reading them back.
+
+A finished run is one JSON record ``<results_dir>/<key>.json`` (see :func:`locolib.train.train`).
+This module holds everything about those files that is not training itself:
+
+* :func:`default_results_dir` finds the repository's ``results/`` folder;
+* :class:`RunLock` lets several processes (or machines sharing a folder) work through the same
+  sweep without doing a run twice;
+* :func:`provenance` collects library versions, the device and the git commit for a record;
+* :func:`load_results` reads all records into a table, :func:`compare` does Table 5's statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RESULTS_ENV",
+    "default_results_dir",
+    "RunLocked",
+    "RunLock",
+    "provenance",
+    "git_commit",
+    "iter_records",
+    "load_results",
+    "compare",
+    "significance_stars",
+]
+
+RESULTS_ENV = "LOCOLIB_RESULTS"
+RECORD_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Where results live
+# --------------------------------------------------------------------------------------------
+def default_results_dir(start: str | Path | None = None) -> Path:
+    """The folder for result records.
+
+    ``$LOCOLIB_RESULTS`` if set; else ``<repo>/results`` where ``<repo>`` is the first folder at or
+    above ``start`` (default: the working directory) holding both ``_config.yml`` and
+    ``locolib/`` (so notebooks, which run in ``notebooks/``, find the repository's folder); else
+    ``./results``.
+    """
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "_config.yml").is_file() and (d / "locolib").is_dir():
+            return d / "results"
+    return here / "results"
+
+
+# --------------------------------------------------------------------------------------------
+# Claiming a run
+# --------------------------------------------------------------------------------------------
+class RunLocked(RuntimeError):
+    """Another live process holds the run's lock (or took it over while we were running)."""
+
+
+class RunLock:
+    """An exclusive claim on one run: a lock file created with ``O_CREAT | O_EXCL``.
+
+    The file holds JSON ``{host, pid, token, since}``; its modification time is a heartbeat the
+    owner refreshes (:meth:`heartbeat`) at least every ``heartbeat_s`` seconds while it trains.
+
+    Stale locks (the owner died: a crash, ``kill -9``, a closed Colab tab) are taken over when
+
+    * the lock names this host and its pid is no longer running (detected at once), or
+    * its heartbeat is older than ``stale_after`` seconds (any host, e.g. a shared Google Drive
+      folder written from another machine; default 15 minutes).
+
+    Taking over renames the stale file away (atomic) and creates a fresh one. Two processes that
+    judge the same lock stale in the same instant could both end up running; the owner therefore
+    checks at every heartbeat that the file still carries its token and stops with
+    :class:`RunLocked` if not. Even then nothing is corrupted: runs are deterministic and every
+    write is atomic, so both would write the same checkpoint.
+    """
+
+    def __init__(self, path: str | Path, stale_after: float = 900.0, heartbeat_s: float = 60.0):
+        self.path = Path(path)
+        self.stale_after = float(stale_after)
+        self.heartbeat_s = float(heartbeat_s)
+        self.token = uuid.uuid4().hex
+        self.held = False
+        self._last_beat = 0.0
+
+    # -- inspection -------------------------------------------------------------------------
+    def owner(self) -> dict[str, Any] | None:
+        """The lock file's content (with ``age_s``), or None when there is no lock."""
+        try:
+            st = self.path.stat()
+            info = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # being written right now, or garbage: judge by age only
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                return None
+            info = {}
+        info["age_s"] = time.time() - st.st_mtime
+        return info
+
+    def is_stale(self, info: dict[str, Any]) -> bool:
+        if info.get("age_s", 0.0) > self.stale_after:
+            return True
+        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+            return not _pid_alive(info["pid"])
+        return False
+
+    # -- acquire / release ------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunLocked` naming the owner."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = self.owner()
+                if info is None:
+                    continue  # released between our attempts
+                if not self.is_stale(info):
+                    raise RunLocked(
+                        f"{self.path.name} is held by pid {info.get('pid')} on "
+                        f"{info.get('host')!r} (heartbeat {info['age_s']:.0f} s ago)"
+                    ) from None
+                try:  # move the stale lock aside; only one of several contenders succeeds
+                    os.replace(self.path, self.path.with_name(
+                        f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}.tmp"))
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "since": _now()}, f)
+            self.held = True
+            self._last_beat = time.monotonic()
+            for old in self.path.parent.glob(f"{self.path.name}.stale-*.tmp"):
+                old.unlink(missing_ok=True)
+            return
+        raise RunLocked(f"could not take {self.path} (contended)")
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Refresh the heartbeat (at most every ``heartbeat_s`` unless ``force``); raise
+        :class:`RunLocked` if another process has taken the lock over."""
+        if not self.held or (not force and time.monotonic() - self._last_beat < self.heartbeat_s):
+            return
+        info = self.owner()
+        if info is None or info.get("token") != self.token:
+            self.held = False
+            raise RunLocked(f"lost {self.path.name}: another process took it over")
+        os.utime(self.path)
+        self._last_beat = time.monotonic()
+
+    def release(self) -> None:
+        if self.held:
+            info = self.owner()
+            if info is not None and info.get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout holding ``path`` (default: the
+    locolib sources), or None when that is not a git checkout or git is missing."""
+    path = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        # Dirty: uncommitted changes (new files included) below ``path``, i.e. in the code.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=path,
+                               capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": sha, "dirty": dirty} if sha else None
+
+
+def _device_name(device: Any) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return name
+
+
+def provenance(device: Any) -> dict[str, Any]:
+    """Library versions, device, host facts and git commit, for a result record."""
+    import numpy
+    import torch
+
+    import locolib
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "numpy": numpy.__version__, "locolib": locolib.__version__}
+    try:
+        import torchvision
+
+        versions["torchvision"] = torchvision.__version__
+    except ImportError:  # torchvision is only needed for the image datasets
+        versions["torchvision"] = None
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    dev = torch.device(device)
+    return {
+        "versions": versions,
+        "device": {"type": dev.type, "name": _device_name(dev),
+                   "torch_threads": torch.get_num_threads()},
+        "host": {"pid": os.getpid(), "platform": platform.platform(),
+                 "executable": sys.executable},
+        "git": git_commit(),
+        "date": _now(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reading results back
+# --------------------------------------------------------------------------------------------
+def iter_records(results_dir: str | Path | None = None) -> Iterable[tuple[Path, dict]]:
+    """(path, record) of every result record directly in ``results_dir`` (sorted by name);
+    other JSON files there are skipped."""
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("format") == RECORD_FORMAT and "key" in rec:
+            yield p, rec
+
+
+_CONFIG_COLUMNS = ("dataset", "network", "regularizer", "seed", "epochs", "width", "kernel_size",
+                   "lam", "gamma", "eta", "batch_size", "lr", "train_subset", "init", "amp")
+
+
+def _cell(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def load_results(results_dir: str | Path | None = None, **filters: Any):
+    """All finished runs in ``results_dir`` as a pandas DataFrame, one row per run.
+
+    Columns: ``key``, the main config fields (dataset, network, regularizer, seed, epochs, width,
+    kernel_size, lam, gamma, eta, ...; per-layer gamma/eta as tuples), ``test_error`` and
+    ``test_acc`` (fractions, final epoch), ``train_loss``, ``total_s``, ``images_per_s``,
+    ``device``, ``git_commit``, ``torch``, ``date``, ``path``.
+
+    ``filters``: ``column=value`` or ``column=[values]``, e.g.
+    ``load_results(dataset="cifar10", epochs=250, regularizer=["l2", "loco"])``.
+    """
+    import pandas as pd
+
+    rows = []
+    for path, rec in iter_records(results_dir):
+        cfg, final = rec["config"], rec.get("final", {})
+        row = {"key": rec["key"]}
+        row.update({c: _cell(cfg.get(c)) for c in _CONFIG_COLUMNS})
+        git = rec.get("git") or {}
+        row.update({
+            "test_error": final.get("test_error"),
+            "test_acc": final.get("test_acc"),
+            "train_loss": final.get("train_loss"),
+            "total_s": rec.get("timing", {}).get("total_s"),
+            "images_per_s": rec.get("timing", {}).get("images_per_s"),
+            "device": rec.get("device", {}).get("name"),
+            "git_commit": git.get("commit"),
+            "torch": rec.get("versions", {}).get("torch"),
+            "date": rec.get("date"),
+            "path": str(path),
+        })
+        rows.append(row)
+    columns = ["key", *_CONFIG_COLUMNS, "test_error", "test_acc", "train_loss", "total_s",
+               "images_per_s", "device", "git_commit", "torch", "date", "path"]
+    df = pd.DataFrame(rows, columns=columns)
+    for col, want in filters.items():
+        if col not in df.columns:
+            raise ValueError(f"cannot filter on {col!r}; columns are {list(df.columns)}")
+        if isinstance(want, (list, set, frozenset)):
+            df = df[df[col].isin(list(want))]
+        elif isinstance(want, tuple) and col not in ("gamma", "eta"):
+            df = df[df[col].isin(list(want))]
+        else:
+            df = df[df[col].apply(lambda v, w=want: v == w)]
+    return df.sort_values(["dataset", "network", "regularizer", "seed"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Table 5 statistics
+# --------------------------------------------------------------------------------------------
+def significance_stars(p: float) -> str:
+    """The paper's notation (Tables 4 and 5): *** p < .001, ** p < .01, * p < .1."""
+    if p is None or not math.isfinite(p):
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.1 else ""
+
+
+# Settings that must agree within one comparison (otherwise the two arms are not comparable).
+_PROTOCOL = ("epochs", "width", "kernel_size", "lam", "batch_size", "lr", "train_subset", "init")
+
+
+def compare(df, percent: bool = True, confidence: float = 0.95):
+    """Table 5: LOCO-REG vs standard L2 per (dataset, network).
+
+    ``df``: rows as from :func:`load_results` with ``regularizer`` in {"l2", "loco"} and a
+    ``test_error`` column (fractions). Returns one row per (dataset, network) with
+
+    * ``n_l2``, ``n_loco``; ``l2_mean``, ``loco_mean``, ``l2_std``, ``loco_std`` (sample std);
+    * ``diff = loco_mean - l2_mean`` (negative: LOCO-REG is better), ``rel_diff = diff / l2_mean``;
+    * ``t``, ``df`` (Welch's t statistic and Welch-Satterthwaite degrees of freedom);
+    * ``p_two_sided`` (Welch's t-test, ``scipy.stats.ttest_ind(equal_var=False)``),
+      ``p_one_sided`` (alternative: loco < l2), ``stars`` (from the one-sided p, as in Table 5);
+    * ``ci_low``, ``ci_high``: the ``confidence`` interval for ``diff`` (Welch).
+
+    Errors and differences are in percent (as in Table 5) when ``percent``, else fractions.
+    Raises ValueError if a protocol setting (epochs, width, ...) varies within a (dataset,
+    network) group: filter first, e.g. ``load_results(epochs=250)``.
+    """
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    scale = 100.0 if percent else 1.0
+    out = []
+    for (dataset, network), g in df.groupby(["dataset", "network"], sort=True):
+        for col in _PROTOCOL:
+            if col in g.columns and g[col].astype(str).nunique() > 1:
+                raise ValueError(
+                    f"{dataset}/{network}: runs differ in {col!r} ({sorted(g[col].astype(str).unique())}); "
+                    "compare only runs of one protocol (filter the DataFrame first)"
+                )
+        a = g.loc[g.regularizer == "loco", "test_error"].to_numpy(float) * scale
+        b = g.loc[g.regularizer == "l2", "test_error"].to_numpy(float) * scale
+        row = {"dataset": dataset, "network": network, "n_l2": len(b), "n_loco": len(a),
+               "l2_mean": b.mean() if len(b) else np.nan, "loco_mean": a.mean() if len(a) else np.nan,
+               "l2_std": b.std(ddof=1) if len(b) > 1 else np.nan,
+               "loco_std": a.std(ddof=1) if len(a) > 1 else np.nan}
+        row["diff"] = row["loco_mean"] - row["l2_mean"]
+        row["rel_diff"] = row["diff"] / row["l2_mean"] if row["l2_mean"] else np.nan
+        if len(a) > 1 and len(b) > 1 and (a.var(ddof=1) + b.var(ddof=1)) > 0:
+            res = stats.ttest_ind(a, b, equal_var=False)
+            one = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+            ci = res.confidence_interval(confidence)
+            row.update(t=float(res.statistic), df=float(res.df), p_two_sided=float(res.pvalue),
+                       p_one_sided=float(one.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
+        else:  # too few runs (or no spread at all): no test
+            row.update(t=np.nan, df=np.nan, p_two_sided=np.nan, p_one_sided=np.nan,
+                       ci_low=np.nan, ci_high=np.nan)
+        row["stars"] = significance_stars(row["p_one_sided"])
+        out.append(row)
+    cols = ["dataset", "network", "n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std",
+            "diff", "rel_diff", "t", "df", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
+    return pd.DataFrame(out, columns=cols)

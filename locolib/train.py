@@ -1,0 +1,609 @@
+"""Training one network with standard L2 or LOCO-REG, as in Section 7 of the paper.
+
+The paper's protocol: SGD with momentum 0.9, batch 128, 250 epochs, learning rate 0.1 multiplied
+by 0.316 after epochs 70, 140, 190, 230 and 245, lam = 5e-4; standard L2 on 1x1 convolutions and
+dense layers in both arms, biases and BatchNorm unregularized (:class:`locolib.reg.LocoDecay`).
+
+A run is a :class:`RunConfig`; :func:`train` runs it and writes a JSON record. Design points:
+
+* Fast path: the whole (uint8) dataset lives on the device; each batch is gathered, augmented
+  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last, under bf16
+  autocast on CUDA; optional ``torch.compile``.
+* Exact resume: a checkpoint is written atomically after every epoch. All randomness of an
+  epoch (shuffle order, augmentation, any use of torch's global RNG) comes from generators
+  seeded by ``(seed, epoch)``, so no RNG state has to be saved: a run interrupted anywhere and
+  restarted ends with the same weights and metrics as an uninterrupted one (bitwise on CPU).
+* A finished run (its result file exists) is never redone; a lock file (:class:`RunLock`) keeps
+  two processes from training the same run at once.
+
+PyTorch's SGD applies momentum as ``v = 0.9 v + g; w -= lr v``, Keras as ``v = 0.9 v - lr g;
+w += v``. The two agree while lr is constant and differ only briefly after each decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from locolib.io import atomic_write_bytes, read_json, write_json
+from locolib.results import RECORD_FORMAT, RunLock, RunLocked, default_results_dir, provenance
+
+__all__ = [
+    "RunConfig",
+    "PAPER_MILESTONES",
+    "PAPER_EPOCHS",
+    "REGULARIZERS",
+    "milestone_epochs",
+    "lr_at",
+    "choose_device",
+    "derive_seed",
+    "train",
+    "result_path",
+    "checkpoint_path",
+    "run_status",
+    "default_results_dir",
+    "RunLocked",
+    "weight_stats",
+]
+
+PerLayer = Union[float, tuple[float, ...]]
+
+PAPER_EPOCHS = 250
+PAPER_MILESTONE_EPOCHS = (70, 140, 190, 230, 245)
+#: The paper's decay epochs as fractions of its 250 epochs.
+PAPER_MILESTONES: tuple[float, ...] = tuple(e / PAPER_EPOCHS for e in PAPER_MILESTONE_EPOCHS)
+REGULARIZERS = ("l2", "loco")
+
+# Fields that do not change what is computed (only where data is read from, or how fast):
+# left out of the key's hash so that, e.g., a compiled run counts as the same run.
+_NOT_HASHED = ("data_root", "compile", "channels_last")
+_KEY_FIELDS = ("dataset", "network", "regularizer", "seed")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run (defaults: the paper's protocol).
+
+    ``gamma``/``eta``: LOCO-REG parameters, floats or one value per spatial convolution in
+    module order (Table 6); must be 1 for ``regularizer="l2"``. ``milestones``: learning-rate
+    decay points as fractions of ``epochs`` (see :func:`milestone_epochs`). ``train_subset``: use
+    only that many training images (a fixed subset drawn with ``data_seed``). ``amp``: bf16
+    autocast on CUDA; ``amp_cpu``: also on CPU (slow on most CPUs, off by default). ``init``:
+    ``"torch"`` or ``"keras"`` initialisation (:func:`locolib.models.build_model`).
+    """
+
+    dataset: str
+    network: str
+    regularizer: str
+    seed: int
+    gamma: PerLayer = 1.0
+    eta: PerLayer = 1.0
+    lam: float = 5e-4
+    epochs: int = PAPER_EPOCHS
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    lr_decay: float = 0.316
+    milestones: tuple[float, ...] = PAPER_MILESTONES
+    width: float = 1.0
+    kernel_size: int = 3
+    init: str = "torch"
+    flip: bool = True
+    pad: int = 4
+    train_subset: int | None = None
+    data_seed: int = 0
+    amp: bool = True
+    amp_cpu: bool = False
+    compile: bool = False
+    channels_last: bool = True
+    data_root: str = "data"
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if self.regularizer not in REGULARIZERS:
+            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
+        for name in ("seed", "epochs", "batch_size", "kernel_size", "pad", "data_seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+            set_(name, int(v))
+        if self.seed < 0 or self.data_seed < 0:
+            raise ValueError("seed and data_seed must be >= 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.pad < 0:
+            raise ValueError("epochs and batch_size must be >= 1, pad >= 0")
+        for name in ("lam", "lr", "momentum", "lr_decay", "width"):
+            set_(name, float(getattr(self, name)))
+        if not self.width > 0 or not self.lr > 0 or self.lam < 0:
+            raise ValueError("width and lr must be > 0, lam >= 0")
+        for name in ("gamma", "eta"):
+            v = getattr(self, name)
+            v = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
+            if any(not (x > 0 and math.isfinite(x)) for x in (v if isinstance(v, tuple) else (v,))):
+                raise ValueError(f"{name} must be positive and finite, got {v}")
+            set_(name, v)
+        if self.regularizer == "l2" and (self.gamma != 1.0 or self.eta != 1.0):
+            raise ValueError("regularizer='l2' is gamma = eta = 1; use regularizer='loco' for others")
+        ms = tuple(float(m) for m in self.milestones)
+        if any(not 0 < m <= 1 for m in ms) or list(ms) != sorted(ms):
+            raise ValueError(f"milestones must be increasing fractions in (0, 1], got {ms}")
+        set_("milestones", ms)
+        if self.train_subset is not None:
+            if int(self.train_subset) < 1:
+                raise ValueError("train_subset must be >= 1 or None")
+            set_("train_subset", int(self.train_subset))
+        set_("data_root", str(self.data_root))
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """``<dataset>-<network>-<regularizer>-s<seed>-<hash>``; the hash (10 hex digits of
+        SHA-256) covers every other field that changes the result (all but data_root, compile and
+        channels_last), so e.g. a 25-epoch run never collides with a 250-epoch one."""
+        rest = {k: v for k, v in self.to_dict().items() if k not in _KEY_FIELDS + _NOT_HASHED}
+        blob = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+        h = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"{self.dataset}-{self.network}-{self.regularizer}-s{self.seed}-{h}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown RunConfig fields {sorted(unknown)} (newer locolib?)")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule, device, seeds
+# --------------------------------------------------------------------------------------------
+def milestone_epochs(epochs: int, fractions: Sequence[float] = PAPER_MILESTONES) -> tuple[int, ...]:
+    """0-based epochs from which the next decay applies, scaled to ``epochs``.
+
+    ``m_i = floor(f_i * epochs + 0.5)`` (round half up), clipped to ``[1, epochs - 1]`` so that a
+    short run keeps every decay (the last ones may coincide). 250 epochs give the paper's
+    (70, 140, 190, 230, 245): lr 0.1 in epochs 0-69 (the paper's 1-70), 0.0316 from 70 on, ...
+    25 epochs give (7, 14, 19, 23, 24). With epochs = 1 no decay happens.
+    """
+    return tuple(max(1, min(epochs - 1, math.floor(f * epochs + 0.5))) for f in fractions)
+
+
+def lr_at(config: RunConfig, epoch: int) -> float:
+    """Learning rate used throughout 0-based ``epoch``: ``lr * lr_decay ** #(milestones <= epoch)``."""
+    k = sum(1 for m in milestone_epochs(config.epochs, config.milestones) if m <= epoch)
+    return config.lr * config.lr_decay**k
+
+
+def choose_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA if available, else Apple MPS if available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_STREAMS = {"init": 0, "shuffle": 1, "augment": 2, "torch": 3, "subset": 4}
+
+
+def derive_seed(seed: int, stream: str, epoch: int = 0) -> int:
+    """A 63-bit seed for one random stream of one epoch, independent across (seed, stream, epoch)."""
+    ss = np.random.SeedSequence([int(seed), _STREAMS[stream], int(epoch)])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _fork_rng(device: torch.device):
+    """Save torch's global RNG state (CPU, and the CUDA device in use) and restore it on exit."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+def result_path(config: RunConfig, results_dir: str | Path | None = None) -> Path:
+    return Path(results_dir or default_results_dir()) / f"{config.key}.json"
+
+
+def checkpoint_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
+    return Path(checkpoint_dir) / f"{config.key}.pt"
+
+
+def _lock_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
+    return Path(checkpoint_dir) / f"{config.key}.lock"
+
+
+def _dirs(results_dir, checkpoint_dir) -> tuple[Path, Path]:
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else results_dir / "checkpoints"
+    return results_dir, checkpoint_dir
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path``, or None if there is none or it cannot be read (then we start
+    over; with atomic writes that only happens after disk trouble)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- any unreadable file means "no usable checkpoint"
+        import warnings
+
+        warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=3)
+        return None
+
+
+def run_status(config: RunConfig, results_dir=None, checkpoint_dir=None) -> str:
+    """``"done"``, ``"running"`` (locked by a live process), ``"partial (k/E epochs)"`` or ``"todo"``."""
+    results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
+    if result_path(config, results_dir).is_file():
+        return "done"
+    lock = RunLock(_lock_path(config, checkpoint_dir))
+    info = lock.owner()
+    if info is not None and not lock.is_stale(info):
+        return "running"
+    ck = checkpoint_path(config, checkpoint_dir)
+    if ck.is_file():
+        state = _load_checkpoint(ck)
+        if state is not None:
+            return f"partial ({state['epoch']}/{config.epochs} epochs)"
+    return "todo"
+
+
+# --------------------------------------------------------------------------------------------
+# Weight statistics (compact, for Tables 4 and 6 without storing the weights)
+# --------------------------------------------------------------------------------------------
+def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Per spatial convolution (module order, as LOCO-REG's per-layer parameters): the number of
+    k x k matrices ``count``, and over them the k x k sums of ``w`` and ``|w|`` and the
+    (k*k) x (k*k) sums of outer products ``w w^T`` and ``|w| |w|^T`` (row-major taps).
+
+    Every mean m(w, I) of Table 6 and the mean and spread of every contrast s(w, I, I') of
+    Table 4 (a linear function of the taps) follow from these sums exactly.
+    """
+    from locolib.reg import spatial_convs
+
+    out = []
+    names = {id(m): n for n, m in model.named_modules()}
+    for conv in spatial_convs(model):
+        w = conv.weight.detach().double().cpu()
+        k = w.shape[-1]
+        flat = w.reshape(-1, k * k)
+        a = flat.abs()
+        out.append({
+            "name": names.get(id(conv), ""),
+            "shape": list(w.shape),
+            "count": int(flat.shape[0]),
+            "sum": w.reshape(-1, k, k).sum(0).tolist(),
+            "abs_sum": a.sum(0).reshape(k, k).tolist(),
+            "outer_sum": (flat.T @ flat).tolist(),
+            "abs_outer_sum": (a.T @ a).tolist(),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+Hook = Callable[[str, int, int], None]
+
+
+def _autocast(config: RunConfig, device: torch.device):
+    if config.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if config.amp_cpu and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class _Run:
+    """The state of one run on one device (model, optimizer, data), built once per process."""
+
+    def __init__(self, config: RunConfig, device: torch.device, download: bool) -> None:
+        from locolib.data import load_dataset
+        from locolib.models import build_model
+        from locolib.reg import LocoDecay
+
+        self.config, self.device = config, device
+        data = load_dataset(config.dataset, root=config.data_root, download=download,
+                            seed=config.data_seed)
+        x_train, y_train = data.x_train, data.y_train
+        if config.train_subset is not None and config.train_subset < len(y_train):
+            g = _generator(torch.device("cpu"), derive_seed(config.data_seed, "subset"))
+            idx = torch.randperm(len(y_train), generator=g)[: config.train_subset].sort().values
+            x_train, y_train = x_train[idx], y_train[idx]
+        mean, std = data.channel_stats()  # of the full training set (a fixed property of the data)
+        self.num_classes = data.num_classes
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        # The data stay uint8 on the device (4x less memory and gather traffic than float).
+        self.x_train = x_train.to(device)
+        self.y_train = y_train.to(device)
+        self.mean = mean.to(device).view(1, -1, 1, 1)
+        self.std = std.to(device).view(1, -1, 1, 1)
+        self.x_test = self._normalize(data.x_test.to(device))
+        self.y_test = data.y_test.to(device)
+
+        kwargs = {} if config.init == "torch" else {"init": config.init}
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(derive_seed(config.seed, "init"))
+            model = build_model(config.network, data.num_classes, in_channels=data.in_channels,
+                                width=config.width, kernel_size=config.kernel_size, **kwargs)
+        self.model = model.to(device=device, memory_format=self.memory_format)
+        self.decay = LocoDecay(self.model, gamma=config.gamma, eta=config.eta, lam=config.lam)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr,
+                                   momentum=config.momentum, weight_decay=0.0)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+
+    def _normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = (x_uint8.float().div_(255.0) - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
+
+    def train_epoch(self, epoch: int, hook: Hook | None, lock: RunLock | None, bar) -> dict:
+        cfg, dev = self.config, self.device
+        lr = lr_at(cfg, epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        n = len(self.y_train)
+        perm = torch.randperm(n, generator=_generator(torch.device("cpu"),
+                                                      derive_seed(cfg.seed, "shuffle", epoch)))
+        perm = perm.to(dev)
+        aug_gen = _generator(dev, derive_seed(cfg.seed, "augment", epoch))
+        self.model.train()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
+        # Keeping the partial last batch, as Keras' fit does.
+        for step, start in enumerate(range(0, n, cfg.batch_size)):
+            idx = perm[start:start + cfg.batch_size]
+            xb = augment_batch_(self.x_train[idx], aug_gen, cfg.flip, cfg.pad)
+            xb, yb = self._normalize(xb), self.y_train[idx]
+            with _autocast(cfg, dev):
+                logits = self.forward(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.decay.apply_()  # L2 / LOCO-REG gradient, TensorFlow strength 2 * lam * mask * w
+            self.opt.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            if bar is not None:
+                bar.update(1)
+            if lock is not None:
+                lock.heartbeat()
+            if hook is not None:
+                hook("batch", epoch, step)
+        return {"lr": lr, "train_loss": float(loss_sum) / n, "train_acc": int(correct) / n}
+
+    @torch.no_grad()
+    def evaluate(self, batch_size: int = 1000) -> dict:
+        self.model.eval()
+        dev, n = self.device, len(self.y_test)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
+        for start in range(0, n, batch_size):
+            xb, yb = self.x_test[start:start + batch_size], self.y_test[start:start + batch_size]
+            with _autocast(self.config, dev):
+                logits = self.forward(xb).float()
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
+        acc = int(correct) / n
+        return {"test_loss": float(loss_sum) / n, "test_acc": acc, "test_error": 1.0 - acc}
+
+
+def augment_batch_(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int) -> torch.Tensor:
+    """:func:`locolib.data.augment_batch`, skipped when there is nothing to do."""
+    if not flip and pad == 0:
+        return x
+    from locolib.data import augment_batch
+
+    return augment_batch(x, generator, flip=flip, pad=pad)
+
+
+def _read_record(path: Path, config: RunConfig) -> dict:
+    rec = read_json(path)
+    if rec.get("key") != config.key:
+        raise ValueError(f"{path} holds run {rec.get('key')!r}, not {config.key!r}")
+    return rec
+
+
+def train(
+    config: RunConfig,
+    results_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: bool | str = True,
+    download: bool = True,
+    hook: Hook | None = None,
+    model_dir: str | Path | None = None,
+    stale_after: float = 900.0,
+) -> dict[str, Any]:
+    """Run ``config`` (or resume it) and return its result record.
+
+    * ``results_dir``: where ``<key>.json`` goes (default :func:`default_results_dir`). If that
+      file exists the stored record is returned at once, without training.
+    * ``checkpoint_dir``: per-epoch checkpoints ``<key>.pt`` and lock files ``<key>.lock``
+      (default ``<results_dir>/checkpoints``, git-ignored). Processes sharing a results folder
+      must share this folder too. The checkpoint is deleted once the record is written.
+    * ``device``: default :func:`choose_device` (CUDA, else MPS, else CPU).
+    * ``progress``: a tqdm bar over epochs; ``"batches"`` adds one over the batches of an epoch.
+    * ``download``: let torchvision download a missing dataset.
+    * ``hook(event, epoch, step)``: called after every optimizer step (``"batch"``) and after
+      every checkpoint (``"checkpoint"``, step = -1); for tests and custom logging.
+    * ``model_dir``: if given, the final weights are also saved there as ``<key>.pt``.
+    * ``stale_after``: seconds without heartbeat after which another process's lock is taken
+      over (see :class:`locolib.results.RunLock`).
+
+    Raises :class:`RunLocked` if another live process is training this run.
+
+    The record (JSON): ``format``, ``key``, ``config``, ``history`` (per epoch: epoch, lr,
+    train_loss, train_acc, test_loss, test_acc, test_error, penalty, train_s, eval_s,
+    images_per_s), ``final`` (the last epoch's metrics), ``timing`` (total_s, train_s, eval_s,
+    per_epoch_s, images_per_s, segments = number of processes that worked on the run),
+    ``n_train``, ``n_test``, ``num_params``, ``milestones``, ``weight_stats``
+    (:func:`weight_stats`), plus provenance: ``versions``, ``device``, ``host``, ``git``,
+    ``date`` (:func:`locolib.results.provenance`).
+    """
+    results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
+    rpath = result_path(config, results_dir)
+    if rpath.is_file():
+        return _read_record(rpath, config)
+    with RunLock(_lock_path(config, checkpoint_dir), stale_after=stale_after) as lock:
+        if rpath.is_file():  # finished by another process while we waited for the lock
+            return _read_record(rpath, config)
+        return _train_locked(config, rpath, checkpoint_path(config, checkpoint_dir),
+                             choose_device(device), progress, download, hook, model_dir, lock)
+
+
+def _train_locked(config, rpath, ckpath, device, progress, download, hook, model_dir, lock) -> dict:
+    from tqdm import tqdm
+
+    if device.type == "cpu":
+        # Weights decaying towards zero (and their gradients) become denormal floats, which
+        # make CPU arithmetic 10-100x slower; flushing them to zero costs no accuracy.
+        torch.set_flush_denormal(True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick fast kernels
+    t_setup = time.perf_counter()
+    run = _Run(config, device, download)
+    history: list[dict] = []
+    start_epoch, elapsed, segments = 0, 0.0, 1
+    state = _load_checkpoint(ckpath)
+    if state is not None and state.get("key") == config.key and 0 < state["epoch"] <= config.epochs:
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], list(state["history"])
+        elapsed, segments = float(state["elapsed_s"]), int(state["segments"]) + 1
+    setup_s = time.perf_counter() - t_setup
+
+    steps = math.ceil(len(run.y_train) / config.batch_size)
+    bar = tqdm(total=config.epochs, initial=start_epoch, desc=config.key, disable=not progress,
+               dynamic_ncols=True, leave=True)
+    if start_epoch:
+        bar.write(f"{config.key}: resuming after epoch {start_epoch}")
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            inner = (tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+                     if progress == "batches" else None)
+            # Any use of torch's global RNG inside the epoch (e.g. dropout) is seeded by
+            # (seed, epoch) too, and the caller's RNG state is left untouched.
+            with _fork_rng(device):
+                torch.manual_seed(derive_seed(config.seed, "torch", epoch))
+                _sync(device)
+                t0 = time.perf_counter()
+                metrics = run.train_epoch(epoch, hook, lock, inner)
+                _sync(device)
+                t1 = time.perf_counter()
+                metrics.update(run.evaluate())
+                metrics["penalty"] = float(run.decay.penalty().detach())
+                _sync(device)
+                t2 = time.perf_counter()
+            if inner is not None:
+                inner.close()
+            metrics.update(epoch=epoch + 1, train_s=t1 - t0, eval_s=t2 - t1,
+                           images_per_s=len(run.y_train) / max(t1 - t0, 1e-9))
+            history.append(metrics)
+            elapsed += t2 - t0
+            _save_checkpoint(ckpath, config, run, epoch + 1, history, elapsed, segments)
+            lock.heartbeat(force=True)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", test_err=f"{metrics['test_error']:.4f}",
+                            lr=f"{metrics['lr']:.3g}")
+            bar.update(1)
+            if hook is not None:
+                hook("checkpoint", epoch, -1)
+    finally:
+        bar.close()
+
+    record = _record(config, run, history, elapsed, setup_s, segments, device)
+    if model_dir is not None:
+        buf = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in run.model.state_dict().items()}, buf)
+        atomic_write_bytes(Path(model_dir) / f"{config.key}.pt", buf.getvalue())
+    write_json(rpath, record)
+    ckpath.unlink(missing_ok=True)
+    return record
+
+
+def _save_checkpoint(path: Path, config: RunConfig, run: _Run, epoch: int, history: list,
+                     elapsed: float, segments: int) -> None:
+    buf = io.BytesIO()
+    torch.save({
+        "key": config.key,
+        "config": config.to_dict(),
+        "epoch": epoch,  # number of finished epochs
+        "model": run.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "history": history,
+        "elapsed_s": elapsed,
+        "segments": segments,
+    }, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _record(config: RunConfig, run: _Run, history: list, elapsed: float, setup_s: float,
+            segments: int, device: torch.device) -> dict:
+    train_s = sum(h["train_s"] for h in history)
+    eval_s = sum(h["eval_s"] for h in history)
+    final = {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc",
+                                          "test_error")}
+    rec = {
+        "format": RECORD_FORMAT,
+        "key": config.key,
+        "config": config.to_dict(),
+        "history": history,
+        "final": final,
+        "timing": {
+            "total_s": elapsed,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "setup_s_last_segment": setup_s,
+            "per_epoch_s": elapsed / len(history),
+            "images_per_s": len(run.y_train) * len(history) / max(train_s, 1e-9),
+            "segments": segments,
+        },
+        "n_train": len(run.y_train),
+        "n_test": len(run.y_test),
+        "num_classes": run.num_classes,
+        "num_params": sum(p.numel() for p in run.model.parameters()),
+        "milestones": list(milestone_epochs(config.epochs, config.milestones)),
+        "weight_stats": weight_stats(run.model),
+    }
+    rec.update(provenance(device))
+    return rec

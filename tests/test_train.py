@@ -1,0 +1,318 @@
+"""The training engine: schedule, configs, exact resume, atomic checkpoints, locks, records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import locolib.io
+import locolib.train as T
+from locolib.results import RunLock, RunLocked, default_results_dir
+from locolib.train import RunConfig, checkpoint_path, lr_at, milestone_epochs, result_path, train
+
+# Tiny runs: digits, 1/8-width VGG13, 192 training images in batches of 64 -> 3 steps per epoch.
+TINY = dict(dataset="digits", network="vgg13", width=0.125, train_subset=192, batch_size=64,
+            epochs=3)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    # Any default results folder would be in tmp: never the repository's results/.
+    monkeypatch.setenv("LOCOLIB_RESULTS", str(tmp_path / "default_results"))
+    return tmp_path / "results", tmp_path / "ck"
+
+
+def _metrics(rec: dict) -> list[dict]:
+    """History without timings (those differ between runs)."""
+    timing = {"train_s", "eval_s", "images_per_s"}
+    return [{k: v for k, v in h.items() if k not in timing} for h in rec["history"]]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_bitwise(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+# --- learning-rate schedule --------------------------------------------------------------------
+
+
+def test_schedule_paper_250_epochs():
+    assert milestone_epochs(250) == (70, 140, 190, 230, 245)
+    cfg = RunConfig("digits", "vgg13", "l2", 0)
+    expect = {0: 0, 69: 0, 70: 1, 139: 1, 140: 2, 189: 2, 190: 3, 229: 3, 230: 4, 244: 4, 245: 5,
+              249: 5}  # epoch (0-based) -> number of decays so far
+    for epoch, k in expect.items():
+        assert lr_at(cfg, epoch) == pytest.approx(0.1 * 0.316**k, rel=1e-12), epoch
+
+
+def test_schedule_scaled_to_25_and_short_runs():
+    # 70, 140, 190, 230, 245 scaled by 25/250: 7, 14, 19, 23, 24.5 -> 25 (half up) -> clipped to 24
+    assert milestone_epochs(25) == (7, 14, 19, 23, 24)
+    cfg = RunConfig("digits", "vgg13", "l2", 0, epochs=25)
+    lrs = [lr_at(cfg, e) for e in range(25)]
+    decays = [0] * 7 + [1] * 7 + [2] * 5 + [3] * 4 + [4] + [5]
+    assert lrs == pytest.approx([0.1 * 0.316**k for k in decays])
+    assert milestone_epochs(1) == (1, 1, 1, 1, 1)  # one epoch: never decayed
+    assert lr_at(RunConfig("digits", "vgg13", "l2", 0, epochs=1), 0) == 0.1
+    assert milestone_epochs(3) == (1, 2, 2, 2, 2)
+    assert milestone_epochs(10, (0.5,)) == (5,)
+
+
+# --- configs -----------------------------------------------------------------------------------
+
+
+def test_config_validation_and_roundtrip():
+    cfg = RunConfig("digits", "vgg13", "loco", 3, gamma=[0.5, 0.7], eta=2, epochs=25)
+    assert cfg.gamma == (0.5, 0.7) and cfg.eta == 2.0
+    back = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.key == cfg.key
+    with pytest.raises(ValueError, match="regularizer"):
+        RunConfig("digits", "vgg13", "l1", 0)
+    with pytest.raises(ValueError, match="gamma = eta = 1"):
+        RunConfig("digits", "vgg13", "l2", 0, gamma=0.5)
+    with pytest.raises(ValueError, match="positive"):
+        RunConfig("digits", "vgg13", "loco", 0, eta=-1)
+    with pytest.raises(ValueError, match="milestones"):
+        RunConfig("digits", "vgg13", "l2", 0, milestones=(0.5, 0.2))
+    with pytest.raises(ValueError, match="unknown RunConfig fields"):
+        RunConfig.from_dict({**cfg.to_dict(), "colour": "red"})
+
+
+def test_key_is_stable_and_covers_what_changes_results():
+    cfg = RunConfig("cifar10", "vgg13", "l2", 0)
+    # Pinned: changing the key format would orphan every stored result.
+    assert cfg.key == "cifar10-vgg13-l2-s0-32d7e1edb1"
+    assert cfg.key == RunConfig("cifar10", "vgg13", "l2", 0, lam=0.0005, width=1).key
+    assert cfg.key != cfg.replace(epochs=25).key
+    assert cfg.key != cfg.replace(seed=1).key
+    assert cfg.key != RunConfig("cifar10", "vgg13", "loco", 0, gamma=0.9).key
+    assert cfg.key != RunConfig("cifar10", "vgg13", "loco", 0, gamma=0.9, eta=1.1).key
+    # Where the data are read from and how fast it runs do not make a different run.
+    assert cfg.key == cfg.replace(data_root="/elsewhere", compile=True, channels_last=False).key
+
+
+def test_default_results_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCOLIB_RESULTS", raising=False)
+    repo = tmp_path / "repo"
+    (repo / "locolib").mkdir(parents=True)
+    (repo / "_config.yml").write_text("title: x\n")
+    (repo / "notebooks").mkdir()
+    monkeypatch.chdir(repo / "notebooks")
+    assert default_results_dir() == repo / "results"
+    monkeypatch.chdir(tmp_path)
+    assert default_results_dir() == tmp_path / "results"
+    monkeypatch.setenv("LOCOLIB_RESULTS", str(tmp_path / "elsewhere"))
+    assert default_results_dir() == tmp_path / "elsewhere"
+
+
+def test_choose_device():
+    assert T.choose_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            assert T.choose_device() == torch.device("cpu")
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def test_training_learns_and_writes_a_complete_record(dirs, tmp_path):
+    results, ck = dirs
+    cfg = RunConfig("digits", "vgg13", "l2", 0, width=0.125, epochs=5, milestones=(0.6,))
+    rec = train(cfg, results_dir=results, checkpoint_dir=ck, progress=False,
+                model_dir=tmp_path / "models")
+    h = rec["history"]
+    assert [e["lr"] for e in h] == pytest.approx([0.1, 0.1, 0.1, 0.0316, 0.0316])
+    assert h[-1]["train_loss"] < 0.6 * h[0]["train_loss"], "training loss did not fall"
+    assert rec["final"]["test_acc"] > 0.5, f"digits test accuracy {rec['final']['test_acc']} (chance 0.1)"
+    assert rec["final"]["test_error"] == pytest.approx(1 - rec["final"]["test_acc"])
+    assert rec["n_train"] == 1297 and rec["n_test"] == 500
+    # Result file = returned record; the checkpoint is gone once the record is written.
+    assert json.loads(result_path(cfg, results).read_text()) == json.loads(json.dumps(rec))
+    assert not checkpoint_path(cfg, ck).exists() and not list(ck.glob("*.lock"))
+    assert not (tmp_path / "default_results").exists()
+    for k in ("torch", "torchvision", "numpy", "python", "locolib"):
+        assert rec["versions"][k]
+    assert rec["device"]["type"] == "cpu" and rec["date"] and "git" in rec
+    t = rec["timing"]
+    assert t["total_s"] > 0 and t["images_per_s"] > 0 and t["segments"] == 1
+    assert t["per_epoch_s"] == pytest.approx(t["total_s"] / 5)
+    # The recorded penalty is lam * sum(w^2) over conv and dense weights (not biases/BN),
+    # recomputed here from the saved final weights.
+    w = _weights(tmp_path / "models" / f"{cfg.key}.pt")
+    pen = sum(float((v.double() ** 2).sum()) for k, v in w.items()
+              if k.endswith("weight") and v.ndim >= 2)
+    assert h[-1]["penalty"] == pytest.approx(5e-4 * pen, rel=1e-4)
+    # Weight statistics: the per-layer sums agree with the saved kernels.
+    convs = [v for k, v in w.items() if k.endswith("weight") and v.ndim == 4 and v.shape[-1] > 1]
+    assert len(rec["weight_stats"]) == len(convs)
+    for st, v in zip(rec["weight_stats"], convs):
+        flat = v.double().reshape(-1, 9)
+        assert st["count"] == flat.shape[0]
+        assert torch.allclose(torch.tensor(st["abs_sum"], dtype=torch.float64).reshape(-1), flat.abs().sum(0))
+        assert torch.allclose(torch.tensor(st["outer_sum"], dtype=torch.float64), flat.T @ flat)
+
+
+def test_finished_run_is_not_redone(dirs, monkeypatch):
+    results, ck = dirs
+    cfg = RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=0)
+    calls = []
+    first = train(cfg, results_dir=results, checkpoint_dir=ck, progress=False,
+                  hook=lambda *a: calls.append(a))
+    assert len(calls) == 3 + 1  # 3 steps, 1 checkpoint
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was set up for training again")
+
+    monkeypatch.setattr(T, "_Run", boom)
+    calls.clear()
+    again = train(cfg, results_dir=results, checkpoint_dir=ck, progress=False,
+                  hook=lambda *a: calls.append(a))
+    assert calls == [] and again == first
+
+
+def _run_interrupted(cfg, results, ck, at: tuple[str, int, int]):
+    """Train until the hook sees event/epoch/step ``at``, then raise KeyboardInterrupt."""
+    def hook(event, epoch, step):
+        if (event, epoch, step) == at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, results_dir=results, checkpoint_dir=ck, progress=False, hook=hook)
+
+
+@pytest.mark.parametrize("at, done_epochs", [(("batch", 1, 1), 1), (("checkpoint", 1, -1), 2)],
+                         ids=["mid-epoch-2", "right-after-checkpoint-2"])
+def test_interrupted_run_resumes_exactly(tmp_path, at, done_epochs):
+    cfg = RunConfig(**TINY, regularizer="loco", seed=5, gamma=0.6, eta=1.5)
+    a = train(cfg, results_dir=tmp_path / "A", checkpoint_dir=tmp_path / "A" / "ck",
+              progress=False, model_dir=tmp_path / "A" / "m")
+
+    res, ck = tmp_path / "B", tmp_path / "B" / "ck"
+    _run_interrupted(cfg, res, ck, at)
+    assert not result_path(cfg, res).exists()
+    state = torch.load(checkpoint_path(cfg, ck), weights_only=True)
+    assert state["epoch"] == done_epochs
+    assert not list(ck.glob("*.lock")), "the lock must be released on interrupt"
+    assert not list(ck.glob("*.tmp")), "no partial files may be left"
+    b = train(cfg, results_dir=res, checkpoint_dir=ck, progress=False, model_dir=res / "m")
+
+    assert b["timing"]["segments"] == 2
+    assert _metrics(a) == _metrics(b)
+    _assert_bitwise(_weights(tmp_path / "A" / "m" / f"{cfg.key}.pt"),
+                    _weights(res / "m" / f"{cfg.key}.pt"))
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    cfg = RunConfig(**TINY, regularizer="l2", seed=2)
+    ref = train(cfg, results_dir=tmp_path / "A", checkpoint_dir=tmp_path / "A" / "ck",
+                progress=False, model_dir=tmp_path / "A" / "m")
+    res, ck = tmp_path / "B", tmp_path / "B" / "ck"
+    ckpt = checkpoint_path(cfg, ck)
+
+    # Interrupt the second checkpoint write just before its rename.
+    real_replace, n = os.replace, []
+
+    def replace(src, dst):
+        if str(dst) == str(ckpt):
+            n.append(1)
+            if len(n) == 2:
+                raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(locolib.io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, results_dir=res, checkpoint_dir=ck, progress=False)
+    monkeypatch.setattr(locolib.io.os, "replace", real_replace)
+    assert [p.name for p in ck.iterdir()] == [ckpt.name], "a partial file was left behind"
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # the previous checkpoint is intact
+
+    # A stray partial temporary file (e.g. from a kill -9 mid-write) is ignored.
+    (ck / f".{ckpt.name}.abc123.tmp").write_bytes(b"PK\x03\x04 truncated")
+    b = train(cfg, results_dir=res, checkpoint_dir=ck, progress=False, model_dir=res / "m")
+    assert _metrics(b) == _metrics(ref) and b["timing"]["segments"] == 2
+    _assert_bitwise(_weights(tmp_path / "A" / "m" / f"{cfg.key}.pt"), _weights(res / "m" / f"{cfg.key}.pt"))
+
+
+def test_unreadable_checkpoint_means_start_over(tmp_path):
+    cfg = RunConfig(**{**TINY, "epochs": 2}, regularizer="l2", seed=3)
+    ref = train(cfg, results_dir=tmp_path / "A", checkpoint_dir=tmp_path / "A" / "ck", progress=False)
+    ck = tmp_path / "B" / "ck"
+    ck.mkdir(parents=True)
+    checkpoint_path(cfg, ck).write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        b = train(cfg, results_dir=tmp_path / "B", checkpoint_dir=ck, progress=False)
+    assert _metrics(b) == _metrics(ref) and b["timing"]["segments"] == 1
+
+
+# --- locks -------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_lock_blocks_a_second_owner_and_takes_over_stale_locks(tmp_path):
+    import socket
+
+    path = tmp_path / "run.lock"
+    with RunLock(path) as first:
+        assert path.exists()
+        with pytest.raises(RunLocked, match="held by pid"):
+            RunLock(path).acquire()
+    assert not path.exists()
+
+    # The owner died on this host: taken over at once.
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "token": "x"}))
+    lock = RunLock(path)
+    lock.acquire()
+    assert json.loads(path.read_text())["token"] == lock.token
+    lock.release()
+
+    # Another host, recent heartbeat: respected; heartbeat older than stale_after: taken over.
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "y"}))
+    with pytest.raises(RunLocked):
+        RunLock(path, stale_after=60).acquire()
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    lock = RunLock(path, stale_after=60)
+    lock.acquire()
+    assert not list(tmp_path.glob("*.stale-*")), "the stale lock is cleaned up"
+
+    # If someone takes the lock over, the former owner notices at its next heartbeat.
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "z"}))
+    with pytest.raises(RunLocked, match="lost"):
+        lock.heartbeat(force=True)
+    assert first.held is False
+
+
+def test_train_refuses_a_run_that_is_locked(dirs):
+    results, ck = dirs
+    cfg = RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=4)
+    with RunLock(ck / f"{cfg.key}.lock"):
+        with pytest.raises(RunLocked):
+            train(cfg, results_dir=results, checkpoint_dir=ck, progress=False)
+        assert T.run_status(cfg, results, ck) == "running"
+    assert T.run_status(cfg, results, ck) == "todo"
