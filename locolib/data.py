@@ -1,0 +1,215 @@
+"""Datasets as uint8 tensors (N x C x 32 x 32) and the paper's batched augmentation.
+
+Names: ``"cifar10"``, ``"cifar100"``, ``"fashion_mnist"`` (torchvision; files in ``root``, downloaded
+only with ``download=True``) and ``"digits"`` (scikit-learn's 8x8 handwritten digits, shipped with
+scikit-learn, so it works offline and is what the tests use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ImageData",
+    "DATASET_NAMES",
+    "load_dataset",
+    "normalize",
+    "augment_params",
+    "apply_augment",
+    "augment_batch",
+]
+
+DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "digits")
+
+
+@dataclass
+class ImageData:
+    """A train/test split of 32 x 32 images, stored as uint8 N x C x 32 x 32 and int64 labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and (population) std of the training images in [0, 1] units, float32."""
+        x = self.x_train.double() / 255.0
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3), unbiased=False)
+        return mean.float(), std.float()
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` per channel, on x's device."""
+    mean = mean.to(x.device, torch.float32).view(1, -1, 1, 1)
+    std = std.to(x.device, torch.float32).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def _missing(name: str, root: Path, where: str, err: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{name} not found: looked in {root / where} (root={root}). Either call "
+        f"load_dataset({name!r}, root={str(root)!r}, download=True) on a machine with internet "
+        f"access, or place torchvision's {name} files there. ({err})"
+    )
+
+
+def _torchvision_split(name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls, where = {
+        "cifar10": (tvd.CIFAR10, "cifar-10-batches-py"),
+        "cifar100": (tvd.CIFAR100, "cifar-100-python"),
+        "fashion_mnist": (tvd.FashionMNIST, "FashionMNIST"),
+    }[name]
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise _missing(name, root, where, err) from None
+    return train, test
+
+
+def _cifar(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+def _to32(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 N x 1 x 28 x 28 -> N x 1 x 32 x 32 by bilinear resizing or zero padding."""
+    if mode == "pad":
+        return F.pad(x, (2, 2, 2, 2))  # Fashion-MNIST's background is 0
+    if mode == "resize":
+        y = F.interpolate(x.float(), size=(32, 32), mode="bilinear", align_corners=False)
+        return y.round().clamp_(0, 255).to(torch.uint8)
+    raise ValueError(f"fashion_mnist_mode must be 'resize' or 'pad', got {mode!r}")
+
+
+def _digits(seed: int, n_test: int) -> ImageData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    img = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # pixel values 0..16 -> 0..255
+    x = torch.from_numpy(img).unsqueeze(1)
+    # Nearest-neighbour upsampling: each pixel becomes a 4 x 4 block (x[..., ::4, ::4] is the original).
+    x = x.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3).contiguous()
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=n_test, stratify=d.target, random_state=seed)
+    tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+    return ImageData("digits", x[tr], y[tr], x[te], y[te], 10)
+
+
+def load_dataset(
+    name: str,
+    root: str | Path = "data",
+    download: bool = False,
+    seed: int = 0,
+    fashion_mnist_mode: str = "resize",
+    digits_test: int = 500,
+) -> ImageData:
+    """Load a dataset as :class:`ImageData` with 32 x 32 images.
+
+    * ``"cifar10"`` / ``"cifar100"``: torchvision's standard split (50,000 train / 10,000 test).
+    * ``"fashion_mnist"``: 60,000 / 10,000; the paper "scaled [it] to (32,32)": by default we
+      resize 28 -> 32 bilinearly (``fashion_mnist_mode="resize"``, values rounded back to uint8);
+      ``"pad"`` instead pads 2 zero pixels on every side (lossless, no interpolation).
+    * ``"digits"``: scikit-learn's 1,797 8x8 digits (values 0..16 mapped to 0..255), upsampled to
+      32x32 by nearest neighbour (4x4 pixel blocks), 1 channel, 10 classes; a stratified
+      train/test split with ``digits_test`` (500) test images, seeded by ``seed``.
+
+    torchvision datasets are read from ``root``; the network is only used when ``download=True``.
+    ``seed`` only affects ``"digits"`` (the other datasets have fixed splits).
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASET_NAMES)}")
+    if name == "digits":
+        return _digits(seed, digits_test)
+    root = Path(root)
+    train, test = _torchvision_split(name, root, download)
+    if name == "fashion_mnist":
+        xs = [_to32(ds.data.unsqueeze(1), fashion_mnist_mode) for ds in (train, test)]
+        ys = [ds.targets.to(torch.int64) for ds in (train, test)]
+        return ImageData(name, xs[0], ys[0], xs[1], ys[1], 10)
+    (xtr, ytr), (xte, yte) = _cifar(train), _cifar(test)
+    return ImageData(name, xtr, ytr, xte, yte, 10 if name == "cifar10" else 100)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation
+# --------------------------------------------------------------------------------------------
+def augment_params(
+    n: int, generator: torch.Generator, flip: bool = True, pad: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crop offsets and flips for n images, drawn on the generator's device.
+
+    Returns ``(top, left, flipped)``: int64 offsets in [0, 2 * pad] into the padded image, and a
+    bool per image. Draw order (fixed, for reproducibility): top, left, then flips.
+    """
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    dev = generator.device
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    if flip:
+        flipped = torch.rand(n, generator=generator, device=dev) < 0.5
+    else:
+        flipped = torch.zeros(n, dtype=torch.bool, device=dev)
+    return top, left, flipped
+
+
+def apply_augment(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flipped: torch.Tensor, pad: int = 4
+) -> torch.Tensor:
+    """Crop ``x`` (N x C x H x W) at the given offsets of its zero-padded copy, then mirror the
+    crops whose ``flipped`` is True; one gather, no per-image loop."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
+    dev = x.device
+    top, left, flipped = top.to(dev), left.to(dev), flipped.to(dev)
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    rows = top[:, None] + ar_h  # N x H
+    # A flipped crop reads its columns right to left.
+    cols = left[:, None] + torch.where(flipped[:, None], (w - 1) - ar_w, ar_w)  # N x W
+    ni = torch.arange(n, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, flip: bool = True, pad: int = 4
+) -> torch.Tensor:
+    """The paper's augmentation: random horizontal flips and "random 8x8 image cropping".
+
+    Our reading of "8x8 cropping": pad the image by ``pad = 4`` zero pixels on every side
+    (8 pixels in total per axis, 40 x 40 for CIFAR) and take a random 32 x 32 crop, i.e. shift
+    the image by up to +-4 pixels in each direction (the standard CIFAR augmentation); each image
+    is then mirrored left-right with probability 1/2. Deterministic given ``generator``, which
+    must live on x's device. Works for any dtype (float after normalisation, or uint8). The
+    padding value is 0: black for raw pixels, the channel mean for a normalised batch.
+    """
+    if generator.device != x.device:
+        raise ValueError(
+            f"generator is on {generator.device} but x is on {x.device}; "
+            "create torch.Generator(device=x.device)"
+        )
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch N x C x H x W, got shape {tuple(x.shape)}")
+    top, left, flipped = augment_params(x.shape[0], generator, flip, pad)
+    return apply_augment(x, top, left, flipped, pad)

@@ -1,0 +1,532 @@
+"""LOCO-REG: locality-promoting, spatially weighted L2 regularization (Section 6, Eq. 6.1).
+
+Every k x k spatial convolution kernel ``w`` contributes ``lam * sum_ij g_ij * w_ij**2`` to the
+loss, where the weight profile ``g`` depends only on the distance of tap (i, j) from the kernel
+centre and has mean 1 (Eq. 6.1: ``g = (gamma, 1, eta) / Z`` for centre, edge neighbours and corners
+with ``Z = (gamma + 4 (1 + eta)) / 9``). ``gamma = eta = 1`` is uniform ("standard") L2.
+
+Strength convention. The paper used TensorFlow, whose ``l2(lam)`` regularizer adds
+``lam * sum(w**2)`` to the loss, i.e. the gradient ``2 * lam * w``. PyTorch's optimizer argument
+``weight_decay=lam`` adds ``lam * w`` to the gradient, i.e. it is *half* as strong. Everything here
+follows the paper: the loss term is ``lam * sum(mask * w**2)`` and its gradient
+``2 * lam * mask * w``; to reproduce uniform L2 with a PyTorch optimizer one would need
+``weight_decay = 2 * lam``.
+
+Two equivalent ways to apply it:
+
+* :func:`loco_penalty` (or :meth:`LocoDecay.penalty`): a loss term, differentiated by autograd;
+* :class:`LocoDecay`: the same gradient added in place after ``backward()`` with fused
+  ``torch._foreach_*`` ops (coupled decay, like ``weight_decay`` in SGD), which avoids building
+  an autograd graph for the penalty.
+
+The module also holds the Table 6 helpers that derive per-layer ``(gamma_l, eta_l)`` from the
+weights of trained networks (:func:`layer_ratios`, :func:`modulate`, :func:`table6_parameters`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ring_distances",
+    "ring_index",
+    "ring_weights",
+    "loco_mask",
+    "spatial_convs",
+    "spatial_kernels",
+    "loco_penalty",
+    "LocoDecay",
+    "index_set",
+    "region_mean",
+    "layer_ratios",
+    "modulate",
+    "table6_parameters",
+    "I_C",
+    "I_N",
+    "I_CO",
+]
+
+Number = Union[float, int]
+PerLayer = Union[Number, Sequence[Number]]
+
+# Index sets of Eq. 6.1 for a 3 x 3 kernel (row, column).
+I_C: tuple[tuple[int, int], ...] = ((1, 1),)
+I_N: tuple[tuple[int, int], ...] = ((0, 1), (1, 0), (1, 2), (2, 1))
+I_CO: tuple[tuple[int, int], ...] = ((0, 0), (2, 0), (0, 2), (2, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Rings and masks
+# --------------------------------------------------------------------------------------------
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"kernel size k must be an int, got {k!r}")
+    if k < 1 or k % 2 == 0:
+        raise ValueError(
+            f"kernel size k={k} has no centre tap: LOCO-REG needs an odd k >= 1 (3, 5, 7, ...)"
+        )
+    return k
+
+
+def _ring_sq(k: int) -> list[int]:
+    """Sorted distinct squared distances i**2 + j**2 from the centre of a k x k kernel."""
+    h = k // 2
+    return sorted({i * i + j * j for i in range(-h, h + 1) for j in range(-h, h + 1)})
+
+
+def ring_distances(k: int) -> list[float]:
+    """Distinct distances from the centre of a k x k kernel, increasing.
+
+    ``ring_distances(3) == [0, 1, sqrt(2)]``; ``ring_distances(5) == [0, 1, sqrt2, 2, sqrt5, sqrt8]``.
+    """
+    return [math.sqrt(d2) for d2 in _ring_sq(_check_k(k))]
+
+
+def ring_index(k: int) -> torch.Tensor:
+    """k x k int64 tensor: the ring (position in :func:`ring_distances`) of every tap."""
+    _check_k(k)
+    h = k // 2
+    lookup = {d2: r for r, d2 in enumerate(_ring_sq(k))}
+    idx = [[lookup[(i - h) ** 2 + (j - h) ** 2] for j in range(k)] for i in range(k)]
+    return torch.tensor(idx, dtype=torch.int64)
+
+
+def _positive(name: str, v: float) -> float:
+    v = float(v)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {v}")
+    return v
+
+
+def ring_weights(gamma: float, eta: float, k: int = 3, extension: str = "geometric") -> list[float]:
+    """Unnormalised weight per ring of a k x k kernel from Eq. 6.1's (gamma, eta).
+
+    Rings at distance 0, 1, sqrt2 get ``gamma``, ``1``, ``eta`` (Eq. 6.1). For k > 3 the paper gives
+    no rule; the outer rings (squared distance ``d2 >= 2``) follow ``extension``:
+
+    * ``"geometric"`` (default): ``eta ** (d2 - 1)``, i.e. ``exp((d2 - 1) * ln eta)``. Between the
+      edge ring (d2 = 1, weight 1) and the corner ring (d2 = 2, weight eta) the weight changes by a
+      factor eta per unit of *squared* distance; continuing that trend gives a Gaussian-shaped
+      profile in the distance (the prior variance 1/(2 lam g) of each tap falls off like
+      ``exp(-d2 ln eta)``). It reproduces Eq. 6.1 exactly for k = 3, is uniform for eta = 1, and
+      keeps the ordering of rings that (1, eta) sets (increasing for eta > 1, decreasing for
+      eta < 1). The centre stays at gamma: the paper treats the centre separately.
+    * ``"constant"``: every ring beyond sqrt2 gets eta (a flat rim).
+    """
+    _check_k(k)
+    gamma = _positive("gamma", gamma)
+    eta = _positive("eta", eta)
+    out = []
+    for d2 in _ring_sq(k):
+        if d2 == 0:
+            out.append(gamma)
+        elif d2 == 1:
+            out.append(1.0)
+        elif extension == "geometric":
+            out.append(eta ** (d2 - 1))
+        elif extension == "constant":
+            out.append(eta)
+        else:
+            raise ValueError(f"unknown extension {extension!r}; use 'geometric' or 'constant'")
+    return out
+
+
+def loco_mask(
+    gamma: float,
+    eta: float,
+    k: int = 3,
+    rings: Sequence[float] | None = None,
+    extension: str = "geometric",
+) -> torch.Tensor:
+    """The k x k float32 weight profile ``g`` of Eq. 6.1, normalised to mean 1.
+
+    For k = 3: centre ``gamma``, the 4 edge neighbours 1, the 4 corners ``eta``, all divided by
+    ``Z = (gamma + 4 (1 + eta)) / 9``. (The text before Eq. 6.1 says g should *sum* to 1, but the Z
+    of Eq. 6.1 makes it *average* 1, i.e. sum k*k; we follow the equation, so ``(1, 1)`` gives
+    all ones = uniform L2 with the same lam.)
+
+    ``rings``: one positive weight per ring (see :func:`ring_distances`), overriding gamma and eta.
+    Without it, k > 3 uses :func:`ring_weights` with ``extension``.
+    """
+    _check_k(k)
+    if rings is None:
+        w = ring_weights(gamma, eta, k, extension)
+    else:
+        n = len(_ring_sq(k))
+        rings = list(rings)
+        if len(rings) != n:
+            raise ValueError(
+                f"a {k}x{k} kernel has {n} rings at distances "
+                f"{[round(d, 3) for d in ring_distances(k)]}; got {len(rings)} ring weights"
+            )
+        w = [_positive(f"ring weight {i}", v) for i, v in enumerate(rings)]
+    mask = torch.tensor(w, dtype=torch.float64)[ring_index(k)]
+    return (mask / mask.mean()).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Which weights are regularized
+# --------------------------------------------------------------------------------------------
+def _kernel_size(conv: nn.Conv2d) -> int:
+    kh, kw = conv.kernel_size
+    if kh != kw:
+        raise ValueError(f"LOCO-REG needs square kernels, got {kh}x{kw} in {conv}")
+    if kh % 2 == 0:
+        raise ValueError(f"LOCO-REG needs an odd kernel size (a centre tap), got {kh}x{kw} in {conv}")
+    return kh
+
+
+def spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """Every ``nn.Conv2d`` (incl. grouped/depthwise) with spatial extent > 1, in modules() order.
+
+    Raises ValueError for a non-square or even kernel (no centre tap).
+    """
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1):
+            _kernel_size(m)
+            out.append(m)
+    return out
+
+
+def spatial_kernels(model: nn.Module) -> list[torch.Tensor]:
+    """The weights (C_out, C_in/groups, k, k) of every spatial convolution, detached, in order."""
+    return [m.weight.detach() for m in spatial_convs(model)]
+
+
+def _per_layer(name: str, v: PerLayer, n: int) -> list[float]:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return [float(v)] * n
+    if isinstance(v, torch.Tensor) and v.ndim == 0:
+        return [float(v)] * n
+    vals = [float(x) for x in v]
+    if len(vals) != n:
+        raise ValueError(
+            f"{name} has {len(vals)} per-layer values but the model has {n} spatial convolutions"
+        )
+    return vals
+
+
+def _layer_masks(
+    convs: Sequence[nn.Conv2d],
+    gamma: PerLayer,
+    eta: PerLayer,
+    k_rings: Mapping[int, Sequence[float]] | None,
+    extension: str,
+) -> list[torch.Tensor]:
+    n = len(convs)
+    gs, es = _per_layer("gamma", gamma, n), _per_layer("eta", eta, n)
+    k_rings = dict(k_rings or {})
+    masks = []
+    for conv, g, e in zip(convs, gs, es):
+        k = _kernel_size(conv)
+        masks.append(loco_mask(g, e, k, rings=k_rings.get(k), extension=extension))
+    return masks
+
+
+def _no_spatial_error(model: nn.Module) -> ValueError:
+    return ValueError(
+        f"{type(model).__name__} has no spatial convolution (nn.Conv2d with kernel > 1x1): "
+        "LOCO-REG has nothing to act on"
+    )
+
+
+def loco_penalty(
+    model: nn.Module,
+    gamma: PerLayer,
+    eta: PerLayer,
+    lam: float = 5e-4,
+    k_rings: Mapping[int, Sequence[float]] | None = None,
+    extension: str = "geometric",
+) -> torch.Tensor:
+    """``lam * sum(mask * w**2)`` over every spatial convolution kernel of ``model``.
+
+    gamma, eta: floats, or one value per spatial convolution in ``model.modules()`` order
+    (Table 6's per-layer parameters). ``k_rings`` maps a kernel size to explicit ring weights.
+    1x1 convolutions and dense layers are *not* in this sum (see :class:`LocoDecay`, which adds
+    uniform L2 for them). Gradient: ``2 * lam * mask * w`` (TensorFlow convention, see module doc).
+    """
+    convs = spatial_convs(model)
+    if not convs:
+        raise _no_spatial_error(model)
+    masks = _layer_masks(convs, gamma, eta, k_rings, extension)
+    total = None
+    for conv, mask in zip(convs, masks):
+        w = conv.weight
+        term = (mask.to(device=w.device, dtype=w.dtype) * w.square()).sum()
+        total = term if total is None else total + term
+    return lam * total
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer form
+# --------------------------------------------------------------------------------------------
+class LocoDecay:
+    """LOCO-REG (and uniform L2 on the other weights) as coupled decay added to the gradients.
+
+    Regularized weights, as with a Keras ``kernel_regularizer`` on every conv/dense layer:
+
+    * spatial ``nn.Conv2d`` kernels (incl. grouped/depthwise): gradient ``+= 2 lam mask * w``;
+    * 1x1 ``nn.Conv2d`` and ``nn.Linear`` weights: gradient ``+= 2 lam w`` (uniform L2);
+    * biases, BatchNorm/other normalisation parameters, and weights of any other layer type:
+      nothing.
+
+    Use: ``decay = LocoDecay(model, gamma, eta)``; give ``decay.params`` to the optimizer with
+    ``weight_decay=0``; each step ``loss.backward(); decay.apply_(); opt.step()``. This gives the
+    same gradients as ``(loss + decay.penalty()).backward()``. ``gamma = eta = 1`` is standard L2.
+
+    The coefficients ``2 lam mask`` are materialised once per kernel with the parameter's shape,
+    dtype, device and memory format (channels_last included), so :meth:`apply_` is one fused
+    ``_foreach_addcmul_`` over the spatial kernels plus one ``_foreach_add_`` over the uniform
+    weights. When every mask is uniform the spatial kernels take the scalar path too. The
+    coefficient tensors are rebuilt if a parameter moves to another device/dtype/layout.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        gamma: PerLayer = 1.0,
+        eta: PerLayer = 1.0,
+        lam: float = 5e-4,
+        k_rings: Mapping[int, Sequence[float]] | None = None,
+        extension: str = "geometric",
+    ) -> None:
+        if not (lam >= 0 and math.isfinite(lam)):
+            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+        self.lam = float(lam)
+        convs = spatial_convs(model)
+        if not convs:
+            raise _no_spatial_error(model)
+        self.masks: list[torch.Tensor] = _layer_masks(convs, gamma, eta, k_rings, extension)
+        seen: set[int] = set()
+        self.spatial: list[nn.Parameter] = []
+        masks = []
+        for conv, mask in zip(convs, self.masks):
+            if id(conv.weight) not in seen:  # a shared kernel is regularized once
+                seen.add(id(conv.weight))
+                self.spatial.append(conv.weight)
+                masks.append(mask)
+        self._spatial_masks = masks
+        self.uniform: list[nn.Parameter] = []
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m.weight) not in seen:
+                seen.add(id(m.weight))
+                self.uniform.append(m.weight)
+        # All-ones masks need no coefficient tensor: treat those kernels as uniform weights.
+        self._all_uniform = all(bool(torch.all(mk == 1)) for mk in masks)
+        self._coefs: list[torch.Tensor] = []
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """All regularized parameters (spatial kernels first, then 1x1-conv and dense weights)."""
+        return self.spatial + self.uniform
+
+    def _coef_ok(self, c: torch.Tensor, p: torch.Tensor) -> bool:
+        return c.device == p.device and c.dtype == p.dtype and c.stride() == p.stride()
+
+    def _ensure_coefs(self) -> list[torch.Tensor]:
+        if len(self._coefs) != len(self.spatial) or not all(
+            self._coef_ok(c, p) for c, p in zip(self._coefs, self.spatial)
+        ):
+            coefs = []
+            for p, mk in zip(self.spatial, self._spatial_masks):
+                c = torch.empty_like(p, memory_format=torch.preserve_format, requires_grad=False)
+                with torch.no_grad():
+                    c.copy_((2.0 * self.lam * mk.double()).to(p.dtype).to(p.device).expand_as(p))
+                coefs.append(c)
+            self._coefs = coefs
+        return self._coefs
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Add the decay gradient in place to each regularized parameter's ``.grad``.
+
+        Call after ``backward()`` and before ``optimizer.step()``. Parameters whose ``.grad`` is
+        None (not used in this step) are skipped, as an optimizer would skip them.
+        """
+        if self.lam == 0:
+            return
+        two_lam = 2.0 * self.lam
+        uni_p, uni_g = [], []
+        for p in self.uniform:
+            if p.grad is not None:
+                uni_p.append(p)
+                uni_g.append(p.grad)
+        if self._all_uniform:
+            for p in self.spatial:
+                if p.grad is not None:
+                    uni_p.append(p)
+                    uni_g.append(p.grad)
+        else:
+            coefs = self._ensure_coefs()
+            sp_g, sp_p, sp_c = [], [], []
+            for p, c in zip(self.spatial, coefs):
+                if p.grad is not None:
+                    sp_g.append(p.grad)
+                    sp_p.append(p)
+                    sp_c.append(c)
+            if sp_g:
+                torch._foreach_addcmul_(sp_g, sp_p, sp_c)
+        if uni_g:
+            torch._foreach_add_(uni_g, uni_p, alpha=two_lam)
+
+    def penalty(self) -> torch.Tensor:
+        """The equivalent loss term: LOCO-REG on spatial kernels + lam * sum(w**2) on the others."""
+        total = None
+        for p, mk in zip(self.spatial, self._spatial_masks):
+            term = (mk.to(device=p.device, dtype=p.dtype) * p.square()).sum()
+            total = term if total is None else total + term
+        for p in self.uniform:
+            total = total + p.square().sum()
+        return self.lam * total
+
+
+# --------------------------------------------------------------------------------------------
+# Table 6: per-layer parameters from trained weights
+# --------------------------------------------------------------------------------------------
+IndexSpec = Union[str, int, Sequence[tuple[int, int]]]
+
+
+def index_set(spec: IndexSpec, k: int = 3) -> list[tuple[int, int]]:
+    """Tap indices of a k x k kernel: ``"c"``, ``"n"``, ``"co"`` (rings 0, 1, 2 = centre, edge
+    neighbours, corners of the central 3x3; for k = 3 exactly I_c, I_n, I_co of Eq. 6.1), a ring
+    number (see :func:`ring_distances`), or an explicit list of (row, col) pairs."""
+    _check_k(k)
+    if isinstance(spec, str):
+        names = {"c": 0, "n": 1, "co": 2}
+        if spec not in names:
+            raise ValueError(f"unknown index set {spec!r}; use 'c', 'n', 'co', a ring or pairs")
+        spec = names[spec]
+        if k < 3 and spec > 0:
+            raise ValueError(f"a {k}x{k} kernel has no ring {spec}")
+    if isinstance(spec, int):
+        ri = ring_index(k)
+        if not 0 <= spec <= int(ri.max()):
+            raise ValueError(f"a {k}x{k} kernel has rings 0..{int(ri.max())}, got {spec}")
+        return [tuple(map(int, t)) for t in (ri == spec).nonzero().tolist()]
+    pairs = [(int(i), int(j)) for i, j in spec]
+    if not pairs or any(not (0 <= i < k and 0 <= j < k) for i, j in pairs):
+        raise ValueError(f"index pairs {pairs} are empty or outside a {k}x{k} kernel")
+    return pairs
+
+
+def region_mean(kernels: torch.Tensor, spec: IndexSpec, absolute: bool = True) -> torch.Tensor:
+    """m(w, I) of Table 6 for every k x k matrix in ``kernels`` (shape (..., k, k)) -> (...).
+
+    ``absolute=True`` averages |w| (weight magnitudes); ``False`` averages the signed weights as
+    the formula is printed (see :func:`layer_ratios` for why magnitudes are the default).
+    """
+    k = kernels.shape[-1]
+    if kernels.ndim < 2 or kernels.shape[-2] != k:
+        raise ValueError(f"expected square kernels (..., k, k), got shape {tuple(kernels.shape)}")
+    idx = index_set(spec, k)
+    w = kernels.abs() if absolute else kernels
+    rows = torch.tensor([i for i, _ in idx], device=w.device)
+    cols = torch.tensor([j for _, j in idx], device=w.device)
+    return w[..., rows, cols].mean(dim=-1)
+
+
+def _as_model_list(models_or_kernels) -> list[list[torch.Tensor]]:
+    """Normalise: an nn.Module, a list of modules, one model's kernels, or a list of those."""
+    if isinstance(models_or_kernels, nn.Module):
+        return [spatial_kernels(models_or_kernels)]
+    items = list(models_or_kernels)
+    if not items:
+        raise ValueError("no models given")
+    if all(isinstance(x, torch.Tensor) for x in items):
+        return [items]
+    out = []
+    for x in items:
+        if isinstance(x, nn.Module):
+            out.append(spatial_kernels(x))
+        elif isinstance(x, Iterable) and not isinstance(x, torch.Tensor):
+            out.append(list(x))
+        else:
+            raise TypeError(f"expected modules or lists of kernel tensors, got {type(x).__name__}")
+    n = {len(ks) for ks in out}
+    if len(n) != 1:
+        raise ValueError(f"models have different numbers of spatial layers: {sorted(n)}")
+    return out
+
+
+def layer_ratios(
+    models_or_kernels,
+    I: IndexSpec,
+    I2: IndexSpec,
+    absolute: bool = True,
+) -> list[float]:
+    """r(M, l, I, I') of Table 6 for every layer l.
+
+    ``r = mean over models of  sum_{w in W_l} m(w, I) / sum_{w in W_l} m(w, I')``, where W_l is
+    every k x k matrix of layer l (all output x input channel pairs).
+
+    ``models_or_kernels``: trained models (nn.Module), or per model a list of per-layer kernel
+    tensors (..., k, k) as returned by :func:`spatial_kernels`; one model alone is also accepted.
+
+    With the printed (signed) m, the sums over a layer's matrices nearly cancel (weights of
+    either sign are equally common), so the ratio is ill-conditioned and can be negative; the
+    locality argument of Sections 5-7 is about weight *magnitudes*, hence ``absolute=True``.
+    """
+    models = _as_model_list(models_or_kernels)
+    n_layers = len(models[0])
+    out = []
+    for l in range(n_layers):
+        rs = []
+        for ks in models:
+            w = ks[l].detach().double()
+            num = region_mean(w, I, absolute).sum()
+            den = region_mean(w, I2, absolute).sum()
+            if den == 0:
+                raise ValueError(f"layer {l}: sum of m(w, I') is 0, the ratio is undefined")
+            rs.append(float(num / den))
+        out.append(sum(rs) / len(rs))
+    return out
+
+
+def modulate(r: float, c: float = 1.5) -> float:
+    """a(r, c) = 1 + c (r - 1) of Table 6: stretch the deviation of r from 1 by c."""
+    return 1.0 + c * (float(r) - 1.0)
+
+
+def table6_parameters(
+    models_or_kernels,
+    c: float = 1.5,
+    absolute: bool = True,
+    eta_rule: str = "printed",
+) -> list[tuple[float, float]]:
+    """Per-layer ``(gamma_l, eta_l)`` of Table 6.
+
+    ``eta_rule="printed"``:  ``(a(r(I_n, I_c), c), 1 / a(r(I_n, I_co), c))`` as printed.
+    ``eta_rule="consistent"``: ``(a(r(I_n, I_c), c),     a(r(I_n, I_co), c))``.
+
+    Direction of the printed rule. If trained weights are larger at the centre, r(I_n, I_c) < 1
+    and gamma = a(r) < 1: the centre is regularised *less* than its neighbours, as Section 6
+    wants (coefficient ~ neighbour/centre magnitude, i.e. inversely to the magnitude). If weights
+    keep falling off to the corners, r(I_n, I_co) > 1, so a(r) > 1 and the printed
+    eta = 1/a(r) < 1: the corners are regularised *less* than the edge neighbours, which
+    contradicts Section 6 ("weights near the center should be larger") and is the opposite of the
+    gamma rule (coefficient ~ corner/neighbour magnitude, i.e. proportional to the magnitude).
+    The ``"consistent"`` rule applies the gamma logic to the corners (eta > 1 when corners are
+    smaller). See tests/test_reg.py for a hand-made check of both directions.
+
+    Raises ValueError when a(r, c) <= 0 (r < 1 - 1/c): the mask would not be positive.
+    """
+    if eta_rule not in ("printed", "consistent"):
+        raise ValueError(f"eta_rule must be 'printed' or 'consistent', got {eta_rule!r}")
+    r_c = layer_ratios(models_or_kernels, "n", "c", absolute)
+    r_co = layer_ratios(models_or_kernels, "n", "co", absolute)
+    out = []
+    for l, (rc, rco) in enumerate(zip(r_c, r_co)):
+        g, a_co = modulate(rc, c), modulate(rco, c)
+        if g <= 0 or a_co <= 0:
+            raise ValueError(
+                f"layer {l}: a(r, c={c}) <= 0 for r(I_n,I_c)={rc:.3g}, r(I_n,I_co)={rco:.3g}; "
+                "choose a smaller c"
+            )
+        out.append((g, 1.0 / a_co if eta_rule == "printed" else a_co))
+    return out
