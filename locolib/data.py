@@ -204,7 +204,8 @@ def augment_batch(
     must live on x's device. Works for any dtype (float after normalisation, or uint8). The
     padding value is 0: black for raw pixels, the channel mean for a normalised batch.
     """
-    if generator.device != x.device:
+    gd, xd = torch.device(generator.device), x.device
+    if gd.type != xd.type or (gd.index is not None and xd.index is not None and gd.index != xd.index):
         raise ValueError(
             f"generator is on {generator.device} but x is on {x.device}; "
             "create torch.Generator(device=x.device)"
