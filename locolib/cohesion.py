@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,9 +54,9 @@ def _exponent(q: Any) -> sympy.Expr:
 
 
 def _position(p: Sequence[int], k: int) -> Position:
-    if len(p) != 2 or not all(isinstance(x, int) and 0 <= x < k for x in p):
+    if len(p) != 2 or not all(isinstance(x, numbers.Integral) and 0 <= x < k for x in p):
         raise ValueError(f"position {p!r} is not a (row, col) index pair of a {k} x {k} grid")
-    return (p[0], p[1])
+    return (int(p[0]), int(p[1]))
 
 
 def _pair(a: Sequence[int], b: Sequence[int], k: int) -> tuple[Position, Position]:

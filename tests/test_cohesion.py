@@ -111,7 +111,9 @@ def test_paper_numbers():
 
 
 def test_worst_case_is_the_papers():
-    for (a, b), (_, heavy) in PAPER_PAIRS.items():
+    cases = {pair: heavy for pair, (_, heavy) in PAPER_PAIRS.items()}
+    cases[CENTRE, CORNER] = {CENTRE}  # the proof's "no masses closer to the corner" misses m_11
+    for (a, b), heavy in cases.items():
         w = co.worst_case(a, b)
         assert {p for p in co.positions(3) if w[p] == 1 + co.EPSILON} == heavy
         assert {p for p in co.positions(3) if w[p] == 1} == set(co.positions(3)) - heavy
@@ -214,8 +216,10 @@ def test_ring_pair_table_3x3():
 
 def test_exponent_findings():
     b3 = {q: min(table(3, q).bound) for q in (1, 2, 3)}
+    assert [round(float(b3[q]), 3) for q in b3] == [0.634, 0.675, 0.612]
     assert b3[1] < b3[2] > b3[3]  # q = 2 is best of 1, 2, 3 ...
-    assert co.ordering_bound(3, sympy.Rational(3, 2)) > b3[2]  # ... but not the maximum
+    # ... but not the maximum, which lies between q = 1 and q = 2
+    assert b3[1] < co.ordering_bound(3, sympy.Rational(3, 2)) > b3[2]
     # the pair that limits the 3 x 3 theorem: neighbour vs corner for q = 1, centre vs neighbour else
     for q, rings in [(1, (1, sympy.sqrt(2))), (2, (0, 1)), (3, (0, 1))]:
         weakest = table(3, q).loc[table(3, q).bound_float.idxmin()]
@@ -226,6 +230,7 @@ def test_five_by_five_findings():
     b5 = {q: min(table(5, q).bound) for q in (1, 2, 3)}
     assert all(table(5, q).bound.map(lambda x: x > 0).all() for q in b5)
     assert b5[1] > b5[2] > b5[3]
+    assert [round(float(b5[q]), 3) for q in b5] == [0.111, 0.077, 0.046]
     assert all(b5[q] < min(table(3, q).bound) for q in b5)
     assert b5[2] == sympy.Rational(4966, 64875)
     for q in b5:  # weakest: ring 2 (edge middles) vs ring sqrt 5
@@ -237,6 +242,15 @@ def test_five_by_five_findings():
         assert by[0, sympy.sqrt(5)] < by[0, 2]
 
 
+@pytest.mark.parametrize(("k", "q"), [(3, 1), (3, 2), (3, 3), (5, 1), (5, 2), (5, 3)])
+def test_each_ring_is_weakest_against_the_next_one(k, q):
+    distances = list(co.rings(k))
+    for inner, rows in table(k, q).groupby("inner"):
+        weakest = rows.loc[rows.bound_float.idxmin()]
+        assert weakest.bound == min(rows.bound)
+        assert weakest.outer == distances[distances.index(inner) + 1]
+
+
 def test_figure3_windows():
     scores = co.window_scores(co.FIGURE3_INPUT)
     assert len(scores) == 4 * 14
@@ -246,6 +260,16 @@ def test_figure3_windows():
     assert best.total_force == sympy.Rational(2661, 20)
     top_sum = scores[scores["sum"] == scores["sum"].max()]
     assert scores["sum"].max() == 23 and len(top_sum) == 3 and (top_sum.centre < 6).all()
+    blue = top_sum.iloc[0]
+    patch = sympy.Matrix(co.FIGURE3_INPUT)[blue.row - 1:blue.row + 2, blue.col - 1:blue.col + 2]
+    assert patch[0, 0] == 6 and blue.total_force < best.total_force
+    grid = np.array(co.FIGURE3_INPUT)
+    for r in top_sum.itertuples():
+        window = grid[r.row - 1:r.row + 2, r.col - 1:r.col + 2]
+        assert 6 not in window or 6 in window[::2, ::2]
+    red = sympy.Matrix(co.FIGURE3_INPUT)[1:4, 5:8]
+    forces = co.pair_forces(red)
+    assert max(forces, key=forces.get) == (CENTRE, (1, 2)) and max(forces.values()) == 18
     small = co.window_scores([[1, 2, 0, 0], [0, 1, 0, 0], [0, 0, 3, 1]], k=3)
     assert list(small["sum"]) == [7, 7] and list(small.centre) == [1, 0]
     assert small.total_force[1] == co.total_force([[2, 0, 0], [1, 0, 0], [0, 3, 1]])
@@ -264,5 +288,8 @@ def test_input_validation():
         co.epsilon_bound((3, 0), CENTRE)
     with pytest.raises(ValueError, match="grid"):
         co.contribution(sympy.ones(3, 3), (1, -1))
+    with pytest.raises(ValueError, match="grid"):
+        co.epsilon_bound((0.5, 1), CENTRE)
+    assert co.epsilon_bound(np.array([1, 1]), np.array([0, 1])) == sympy.Rational(27, 40)
     with pytest.raises(ValueError, match="different"):
         co.epsilon_bound(CENTRE, (1, 1))
