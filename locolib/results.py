@@ -356,11 +356,12 @@ def compare(df, percent: bool = True, confidence: float = 0.95):
     ``test_error`` column (fractions). Returns one row per (dataset, network) with
 
     * ``n_l2``, ``n_loco``; ``l2_mean``, ``loco_mean``, ``l2_std``, ``loco_std`` (sample std);
-    * ``diff = loco_mean - l2_mean`` (negative: LOCO-REG is better), ``rel_diff = diff / l2_mean``;
-    * ``t``, ``df`` (Welch's t statistic and Welch-Satterthwaite degrees of freedom);
+    * ``difference = loco_mean - l2_mean`` (negative: LOCO-REG is better),
+      ``rel_difference = difference / l2_mean``;
+    * ``t``, ``dof`` (Welch's t statistic and Welch-Satterthwaite degrees of freedom);
     * ``p_two_sided`` (Welch's t-test, ``scipy.stats.ttest_ind(equal_var=False)``),
       ``p_one_sided`` (alternative: loco < l2), ``stars`` (from the one-sided p, as in Table 5);
-    * ``ci_low``, ``ci_high``: the ``confidence`` interval for ``diff`` (Welch).
+    * ``ci_low``, ``ci_high``: the ``confidence`` interval for ``difference`` (Welch).
 
     Errors and differences are in percent (as in Table 5) when ``percent``, else fractions.
     Raises ValueError if a protocol setting (epochs, width, ...) varies within a (dataset,
@@ -385,19 +386,19 @@ def compare(df, percent: bool = True, confidence: float = 0.95):
                "l2_mean": b.mean() if len(b) else np.nan, "loco_mean": a.mean() if len(a) else np.nan,
                "l2_std": b.std(ddof=1) if len(b) > 1 else np.nan,
                "loco_std": a.std(ddof=1) if len(a) > 1 else np.nan}
-        row["diff"] = row["loco_mean"] - row["l2_mean"]
-        row["rel_diff"] = row["diff"] / row["l2_mean"] if row["l2_mean"] else np.nan
+        row["difference"] = row["loco_mean"] - row["l2_mean"]
+        row["rel_difference"] = row["difference"] / row["l2_mean"] if row["l2_mean"] else np.nan
         if len(a) > 1 and len(b) > 1 and (a.var(ddof=1) + b.var(ddof=1)) > 0:
             res = stats.ttest_ind(a, b, equal_var=False)
             one = stats.ttest_ind(a, b, equal_var=False, alternative="less")
             ci = res.confidence_interval(confidence)
-            row.update(t=float(res.statistic), df=float(res.df), p_two_sided=float(res.pvalue),
+            row.update(t=float(res.statistic), dof=float(res.df), p_two_sided=float(res.pvalue),
                        p_one_sided=float(one.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
         else:  # too few runs (or no spread at all): no test
-            row.update(t=np.nan, df=np.nan, p_two_sided=np.nan, p_one_sided=np.nan,
+            row.update(t=np.nan, dof=np.nan, p_two_sided=np.nan, p_one_sided=np.nan,
                        ci_low=np.nan, ci_high=np.nan)
         row["stars"] = significance_stars(row["p_one_sided"])
         out.append(row)
     cols = ["dataset", "network", "n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std",
-            "diff", "rel_diff", "t", "df", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
+            "difference", "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
     return pd.DataFrame(out, columns=cols)

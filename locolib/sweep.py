@@ -1,0 +1,365 @@
+"""Sweeps: many independent runs keyed by (dataset, network, regularizer, seed), and their CLI.
+
+Table 5 of the paper is 3 datasets x 3 networks x {standard L2, LOCO-REG} x 20 seeds = 360 runs
+of 250 epochs. A sweep is just the list of their :class:`~locolib.train.RunConfig`;
+:func:`run_sweep` trains the ones without a result file. Several processes (or machines sharing
+the results folder) can work on the same sweep at once: each run is claimed with a lock file
+(:class:`locolib.results.RunLock`), so every run is trained once; :func:`shard` splits a plan into
+disjoint parts up front instead. Then :func:`load_results` and :func:`compare` make Table 5.
+
+Command line (``locolib-sweep`` or ``python -m locolib.sweep``)::
+
+    locolib-sweep --datasets cifar10 --networks vgg13 resnet18 --regularizers l2 loco \\
+        --seeds 0-19 --gamma 0.8 --eta 1.25 --shard 1/4 --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from locolib.results import compare, default_results_dir, load_results, significance_stars
+from locolib.train import REGULARIZERS, RunConfig, RunLocked, result_path, run_status, train
+
+__all__ = [
+    "plan",
+    "shard",
+    "parse_shard",
+    "parse_seeds",
+    "run_sweep",
+    "sweep_status",
+    "load_results",
+    "compare",
+    "significance_stars",
+    "main",
+]
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    if kind == "dataset":
+        from locolib.data import DATASET_NAMES
+
+        return tuple(DATASET_NAMES)
+    from locolib.models import MODEL_NAMES
+
+    return tuple(MODEL_NAMES)
+
+
+def _check(kind: str, values: Iterable[str], allowed: Sequence[str]) -> list[str]:
+    values = list(values)
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise ValueError(f"unknown {kind} {bad or '(none given)'}; choose from {list(allowed)}")
+    return values
+
+
+def _loco_for(loco_params: Mapping | None, dataset: str, network: str) -> dict[str, Any]:
+    if loco_params is None:
+        return {}
+    for k in ((dataset, network), f"{dataset}/{network}"):
+        if k in loco_params:
+            v = loco_params[k]
+            if isinstance(v, Mapping):
+                return {"gamma": v["gamma"], "eta": v["eta"]}
+            gamma, eta = v
+            return {"gamma": gamma, "eta": eta}
+    raise ValueError(f"loco_params has no entry for {dataset}/{network}")
+
+
+def plan(
+    datasets: Iterable[str],
+    networks: Iterable[str],
+    regularizers: Iterable[str] = REGULARIZERS,
+    seeds: Iterable[int] = range(20),
+    loco_params: Mapping | None = None,
+    **common: Any,
+) -> list[RunConfig]:
+    """All runs of a sweep, in a fixed order: seed-major (every (dataset, network, regularizer)
+    cell of seed 0, then of seed 1, ...), so a sweep stopped half-way has complete, paired
+    replicates of every cell.
+
+    ``common``: further :class:`RunConfig` fields for every run (``epochs=25``, ``width=0.5``,
+    ...). ``gamma``/``eta`` in ``common`` apply to the LOCO-REG runs only (the L2 runs are
+    gamma = eta = 1 by definition). ``loco_params``: per-(dataset, network) LOCO-REG parameters
+    (e.g. Table 6's per-layer values), keys ``(dataset, network)`` or ``"dataset/network"``,
+    values ``{"gamma": g, "eta": e}`` or ``(g, e)``; it overrides ``gamma``/``eta``.
+    Duplicates are dropped.
+    """
+    datasets = _check("dataset", datasets, _names("dataset"))
+    networks = _check("network", networks, _names("network"))
+    regularizers = _check("regularizer", regularizers, REGULARIZERS)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("no seeds given")
+    loco_common = {k: common.pop(k) for k in ("gamma", "eta") if k in common}
+    out, seen = [], set()
+    for seed, dataset, network, reg in itertools.product(seeds, datasets, networks, regularizers):
+        extra = {}
+        if reg == "loco":
+            extra = {**loco_common, **_loco_for(loco_params, dataset, network)}
+        cfg = RunConfig(dataset=dataset, network=network, regularizer=reg, seed=seed,
+                        **common, **extra)
+        if cfg.key not in seen:
+            seen.add(cfg.key)
+            out.append(cfg)
+    return out
+
+
+def shard(configs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """Part ``index`` of ``count`` (1-based: ``shard(c, 1, 4)`` ... ``shard(c, 4, 4)``).
+
+    Round robin over the plan's order: the parts are disjoint, together cover the plan, differ
+    in size by at most one, and each gets a mix of all cells. Stable for a given plan; if the
+    plan changes, runs may move between parts, which is harmless (finished runs are skipped,
+    runs in progress are locked).
+    """
+    if isinstance(index, bool) or isinstance(count, bool) or count < 1 or not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: need 1 <= i <= n (shards are numbered from 1)")
+    return list(configs)[index - 1::count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), 1-based; ValueError for anything else."""
+    try:
+        i, n = (int(p) for p in text.strip().split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected i/n with integers, e.g. 1/4") from None
+    shard([], i, n)  # validates the range
+    return i, n
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-19"``, ``"3"``, ``"0,2,5-7"`` -> sorted unique seeds; ValueError otherwise."""
+    seeds: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-"))
+                if a > b:
+                    raise ValueError
+                seeds.update(range(a, b + 1))
+            else:
+                seeds.add(int(part))
+        except ValueError:
+            raise ValueError(f"bad seeds {part!r}: use e.g. 0-19, 5 or 0,2,5-7 (non-negative)") from None
+    if not seeds:
+        raise ValueError("no seeds given")
+    return sorted(seeds)
+
+
+def sweep_status(configs: Sequence[RunConfig], results_dir=None, checkpoint_dir=None) -> list[str]:
+    """:func:`locolib.train.run_status` of every run: done / running / partial (k/E) / todo."""
+    return [run_status(c, results_dir, checkpoint_dir) for c in configs]
+
+
+def run_sweep(
+    configs: Sequence[RunConfig],
+    results_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool | str = True,
+    download: bool = True,
+    model_dir: str | Path | None = None,
+    stale_after: float = 900.0,
+    wait: bool = False,
+    poll_s: float = 30.0,
+    log=print,
+) -> list[dict]:
+    """Train every run of ``configs`` that has no result yet; return the records of all finished
+    runs (trained now or before), in plan order.
+
+    Runs another process is training (locked) are skipped and not returned, unless ``wait``:
+    then, after the pass, they are polled every ``poll_s`` seconds until their result appears
+    (or their lock goes stale, and this process takes them over). ``log``: called with one line
+    per run (None: silent). A KeyboardInterrupt stops the sweep; the interrupted run resumes
+    from its last checkpoint next time.
+    """
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    records: dict[int, dict] = {}
+    pending = list(range(len(configs)))
+    first = True
+    while pending:
+        if not first:
+            time.sleep(poll_s)
+        locked = []
+        for i in pending:
+            cfg = configs[i]
+            done = result_path(cfg, results_dir).is_file()
+            try:
+                rec = train(cfg, results_dir=results_dir, checkpoint_dir=checkpoint_dir,
+                            device=device, progress=progress, download=download,
+                            model_dir=model_dir, stale_after=stale_after)
+            except RunLocked as err:
+                locked.append(i)
+                if log and first:
+                    log(f"[{i + 1}/{len(configs)}] {cfg.key}: skipped, {err}")
+                continue
+            if log:
+                what = "already done" if done else (
+                    f"trained, test error {100 * rec['final']['test_error']:.2f}%")
+                log(f"[{i + 1}/{len(configs)}] {cfg.key}: {what}")
+            records[i] = rec
+        pending, first = (locked if wait else []), False
+    return [records[i] for i in sorted(records)]
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def _arg(fn, what: str):
+    """Wrap a parser so that argparse reports its ValueError as a usage error."""
+    def parse(text: str):
+        try:
+            return fn(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = what
+    return parse
+
+
+def _per_layer(text: str) -> float | tuple[float, ...]:
+    vals = [float(v) for v in text.split(",") if v.strip()]
+    if not vals or any(not v > 0 for v in vals):
+        raise ValueError(f"{text!r}: expected a positive number or a comma-separated list of them")
+    return vals[0] if len(vals) == 1 else tuple(vals)
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise ValueError(f"{text!r} is not > 0")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise ValueError(f"{text!r} is not >= 1")
+    return v
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v for item in values for v in item.split(",") if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="locolib-sweep",
+        description="Train (or list) a sweep of standard-L2 / LOCO-REG runs; finished runs are "
+                    "skipped, interrupted ones resume. Several processes may share a results folder. "
+                    "Exit status 0: every run of the plan has a result; 3: some are still being "
+                    "trained by other processes; 2: bad arguments.",
+    )
+    g = p.add_argument_group("what to run (lists: space- or comma-separated)")
+    g.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100", "fashion_mnist"])
+    g.add_argument("--networks", nargs="+", default=["vgg13", "resnet18", "mobilenet"])
+    g.add_argument("--regularizers", nargs="+", default=list(REGULARIZERS))
+    g.add_argument("--seeds", type=_arg(parse_seeds, "seeds"), default=list(range(20)),
+                   help="e.g. 0-19 (default), 7, or 0,2,5-7")
+    g.add_argument("--gamma", type=_arg(_per_layer, "gamma"), default=None,
+                   help="LOCO-REG centre weight: one number or one per spatial conv layer (a,b,...)")
+    g.add_argument("--eta", type=_arg(_per_layer, "eta"), default=None,
+                   help="LOCO-REG corner weight: one number or one per spatial conv layer")
+    g.add_argument("--loco-params", type=Path, default=None,
+                   help='JSON {"dataset/network": {"gamma": ..., "eta": ...}} (e.g. Table 6 values)')
+    g.add_argument("--shard", type=_arg(parse_shard, "shard"), default=None,
+                   help="i/n: run only part i of n (1-based) of the plan")
+    g = p.add_argument_group("protocol (defaults: the paper's)")
+    g.add_argument("--epochs", type=_arg(_positive_int, "epochs"), default=250)
+    g.add_argument("--width", type=_arg(_positive_float, "width"), default=1.0)
+    g.add_argument("--kernel-size", type=int, default=3, choices=[3, 5, 7])
+    g.add_argument("--batch-size", type=_arg(_positive_int, "batch size"), default=128)
+    g.add_argument("--lr", type=_arg(_positive_float, "lr"), default=0.1)
+    g.add_argument("--lam", type=float, default=5e-4)
+    g.add_argument("--train-subset", type=_arg(_positive_int, "train subset"), default=None)
+    g.add_argument("--init", choices=["torch", "keras"], default="torch")
+    g = p.add_argument_group("where and how")
+    g.add_argument("--results", type=Path, default=None,
+                   help="results folder (default: the repository's results/ or $LOCOLIB_RESULTS)")
+    g.add_argument("--checkpoints", type=Path, default=None, help="default: <results>/checkpoints")
+    g.add_argument("--models", type=Path, default=None, help="also save final weights here")
+    g.add_argument("--data-root", default="data")
+    g.add_argument("--no-download", action="store_true", help="never download datasets")
+    g.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: best available)")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--no-channels-last", action="store_true")
+    g.add_argument("--threads", type=_arg(_positive_int, "threads"), default=None,
+                   help="torch CPU threads")
+    g.add_argument("--stale-after", type=_arg(_positive_float, "seconds"), default=900.0,
+                   help="seconds without heartbeat after which another process's lock is taken over")
+    g.add_argument("--wait", action="store_true",
+                   help="after the pass, wait for runs other processes are training")
+    g.add_argument("--dry-run", action="store_true", help="print the plan and each run's status")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    common: dict[str, Any] = dict(
+        epochs=a.epochs, width=a.width, kernel_size=a.kernel_size, batch_size=a.batch_size,
+        lr=a.lr, lam=a.lam, train_subset=a.train_subset, init=a.init, data_root=a.data_root,
+        amp=not a.no_amp, compile=a.compile, channels_last=not a.no_channels_last,
+    )
+    regs = _split(a.regularizers)
+    loco_params = None
+    if a.loco_params is not None:
+        try:
+            loco_params = json.loads(a.loco_params.read_text())
+        except (OSError, ValueError) as err:
+            parser.error(f"--loco-params {a.loco_params}: {err}")
+    if a.gamma is not None:
+        common["gamma"] = a.gamma
+    if a.eta is not None:
+        common["eta"] = a.eta
+    if "loco" in regs and loco_params is None and common.get("gamma", 1.0) == 1.0 \
+            and common.get("eta", 1.0) == 1.0:
+        parser.error("LOCO-REG with gamma = eta = 1 is standard L2: give --gamma/--eta or "
+                     "--loco-params (or drop 'loco' from --regularizers)")
+    try:
+        configs = plan(_split(a.datasets), _split(a.networks), regs, a.seeds,
+                       loco_params=loco_params, **common)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    total = len(configs)
+    if a.shard is not None:
+        configs = shard(configs, *a.shard)
+    results = a.results if a.results is not None else default_results_dir()
+    where = f" (shard {a.shard[0]}/{a.shard[1]} of {total} runs)" if a.shard else ""
+    print(f"plan: {len(configs)} runs{where}; results in {results}")
+    if a.dry_run:
+        status = sweep_status(configs, results, a.checkpoints)
+        for cfg, st in zip(configs, status):
+            print(f"  {st:<24} {cfg.key}")
+        counts: dict[str, int] = {}
+        for st in status:
+            kind = st.split(" ")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        print("status: " + ", ".join(f"{counts.get(k, 0)} {k}"
+                                     for k in ("done", "running", "partial", "todo")))
+        return 0
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    run_sweep(configs, results_dir=results, checkpoint_dir=a.checkpoints, device=a.device,
+              progress=not a.quiet, download=not a.no_download, model_dir=a.models,
+              stale_after=a.stale_after, wait=a.wait)
+    n_done = sum(result_path(c, results).is_file() for c in configs)
+    print(f"finished: {n_done} of {len(configs)} runs have results"
+          + ("" if n_done == len(configs) else "; the others are being trained elsewhere"))
+    return 0 if n_done == len(configs) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
