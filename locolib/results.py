@@ -35,6 +35,7 @@ __all__ = [
     "git_commit",
     "iter_records",
     "load_results",
+    "results_frame",
     "compare",
     "significance_stars",
 ]
@@ -288,6 +289,35 @@ def _cell(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
+_COLUMNS = ("key", *_CONFIG_COLUMNS, "test_error", "test_acc", "train_loss", "total_s",
+            "images_per_s", "device", "git_commit", "torch", "date", "path")
+
+
+def _row(rec: dict, path: Path | None) -> dict[str, Any]:
+    cfg, final = rec["config"], rec.get("final", {})
+    row: dict[str, Any] = {"key": rec["key"]}
+    row.update({c: _cell(cfg.get(c)) for c in _CONFIG_COLUMNS})
+    row.update({
+        "test_error": final.get("test_error"),
+        "test_acc": final.get("test_acc"),
+        "train_loss": final.get("train_loss"),
+        "total_s": rec.get("timing", {}).get("total_s"),
+        "images_per_s": rec.get("timing", {}).get("images_per_s"),
+        "device": rec.get("device", {}).get("name"),
+        "git_commit": (rec.get("git") or {}).get("commit"),
+        "torch": rec.get("versions", {}).get("torch"),
+        "date": rec.get("date"),
+        "path": None if path is None else str(path),
+    })
+    return row
+
+
+def results_frame(records: Iterable[dict], **filters: Any):
+    """Result records (as returned by :func:`locolib.sweep.run_sweep`) as a DataFrame with the
+    columns of :func:`load_results`, filtered the same way."""
+    return _frame([_row(r, None) for r in records], filters)
+
+
 def load_results(results_dir: str | Path | None = None, **filters: Any):
     """All finished runs in ``results_dir`` as a pandas DataFrame, one row per run.
 
@@ -299,36 +329,18 @@ def load_results(results_dir: str | Path | None = None, **filters: Any):
     ``filters``: ``column=value`` or ``column=[values]``, e.g.
     ``load_results(dataset="cifar10", epochs=250, regularizer=["l2", "loco"])``.
     """
+    return _frame([_row(rec, path) for path, rec in iter_records(results_dir)], filters)
+
+
+def _frame(rows: list[dict], filters: dict[str, Any]):
     import pandas as pd
 
-    rows = []
-    for path, rec in iter_records(results_dir):
-        cfg, final = rec["config"], rec.get("final", {})
-        row = {"key": rec["key"]}
-        row.update({c: _cell(cfg.get(c)) for c in _CONFIG_COLUMNS})
-        git = rec.get("git") or {}
-        row.update({
-            "test_error": final.get("test_error"),
-            "test_acc": final.get("test_acc"),
-            "train_loss": final.get("train_loss"),
-            "total_s": rec.get("timing", {}).get("total_s"),
-            "images_per_s": rec.get("timing", {}).get("images_per_s"),
-            "device": rec.get("device", {}).get("name"),
-            "git_commit": git.get("commit"),
-            "torch": rec.get("versions", {}).get("torch"),
-            "date": rec.get("date"),
-            "path": str(path),
-        })
-        rows.append(row)
-    columns = ["key", *_CONFIG_COLUMNS, "test_error", "test_acc", "train_loss", "total_s",
-               "images_per_s", "device", "git_commit", "torch", "date", "path"]
-    df = pd.DataFrame(rows, columns=columns)
+    df = pd.DataFrame(rows, columns=list(_COLUMNS))
     for col, want in filters.items():
         if col not in df.columns:
             raise ValueError(f"cannot filter on {col!r}; columns are {list(df.columns)}")
-        if isinstance(want, (list, set, frozenset)):
-            df = df[df[col].isin(list(want))]
-        elif isinstance(want, tuple) and col not in ("gamma", "eta"):
+        if isinstance(want, (list, set, frozenset)) or (
+                isinstance(want, tuple) and col not in ("gamma", "eta")):
             df = df[df[col].isin(list(want))]
         else:
             df = df[df[col].apply(lambda v, w=want: v == w)]

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from locolib.results import compare, default_results_dir, load_results, significance_stars
+from locolib.results import (compare, default_results_dir, load_results, results_frame,
+                             significance_stars)
 from locolib.train import REGULARIZERS, RunConfig, RunLocked, result_path, run_status, train
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "run_sweep",
     "sweep_status",
     "load_results",
+    "results_frame",
     "compare",
     "significance_stars",
     "main",

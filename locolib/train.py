@@ -200,7 +200,10 @@ def lr_at(config: RunConfig, epoch: int) -> float:
 def choose_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else CUDA if available, else Apple MPS if available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:<current>", so that
+            device = torch.device("cuda", torch.cuda.current_device())  # device checks compare equal
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     mps = getattr(torch.backends, "mps", None)
@@ -286,14 +289,19 @@ def run_status(config: RunConfig, results_dir=None, checkpoint_dir=None) -> str:
 # Weight statistics (compact, for Tables 4 and 6 without storing the weights)
 # --------------------------------------------------------------------------------------------
 def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """Per spatial convolution (module order, as LOCO-REG's per-layer parameters): the number of
-    k x k matrices ``count``, and over them the k x k sums of ``w`` and ``|w|`` and the
-    (k*k) x (k*k) sums of outer products ``w w^T`` and ``|w| |w|^T`` (row-major taps).
+    """Compact per-layer statistics of the spatial kernels, enough for Tables 4 and 6 later
+    without storing the weights.
 
-    Every mean m(w, I) of Table 6 and the mean and spread of every contrast s(w, I, I') of
-    Table 4 (a linear function of the taps) follow from these sums exactly.
+    One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
+    ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
+    ``w`` (``tap_sum``) and ``|w|`` (``tap_abs_sum``), and for consecutive rings r, r+1 around
+    the centre (:func:`locolib.reg.ring_distances`: for 3x3 centre, edge neighbours, corners) the
+    sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
+    ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
+    is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
+    s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums.
     """
-    from locolib.reg import spatial_convs
+    from locolib.reg import ring_distances, ring_index, spatial_convs
 
     out = []
     names = {id(m): n for n, m in model.named_modules()}
@@ -301,16 +309,18 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
         w = conv.weight.detach().double().cpu()
         k = w.shape[-1]
         flat = w.reshape(-1, k * k)
-        a = flat.abs()
-        out.append({
-            "name": names.get(id(conv), ""),
-            "shape": list(w.shape),
-            "count": int(flat.shape[0]),
-            "sum": w.reshape(-1, k, k).sum(0).tolist(),
-            "abs_sum": a.sum(0).reshape(k, k).tolist(),
-            "outer_sum": (flat.T @ flat).tolist(),
-            "abs_outer_sum": (a.T @ a).tolist(),
-        })
+        rings = ring_index(k).reshape(-1)
+        n_rings = len(ring_distances(k))
+        entry: dict[str, Any] = {"name": names.get(id(conv), ""), "shape": list(w.shape),
+                                 "count": int(flat.shape[0]), "k": k,
+                                 "ring_distances": ring_distances(k)}
+        for tag, v in (("", flat), ("abs_", flat.abs())):
+            entry[f"tap_{tag}sum"] = v.sum(0).reshape(k, k).tolist()
+            ring_means = torch.stack([v[:, rings == r].mean(1) for r in range(n_rings)], 1)
+            diff = ring_means[:, :-1] - ring_means[:, 1:]  # s(w, ring r, ring r+1)
+            entry[f"ring_{tag}diff_sum"] = diff.sum(0).tolist()
+            entry[f"ring_{tag}diff_sq_sum"] = diff.square().sum(0).tolist()
+        out.append(entry)
     return out
 
 

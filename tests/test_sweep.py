@@ -16,8 +16,8 @@ from scipy import stats
 
 import locolib.train as T
 from locolib.results import RunLock
-from locolib.sweep import (compare, load_results, main, parse_seeds, parse_shard, plan, run_sweep,
-                           shard, significance_stars)
+from locolib.sweep import (compare, load_results, main, parse_seeds, parse_shard, plan,
+                           results_frame, run_sweep, shard, significance_stars)
 from locolib.train import RunConfig, result_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +214,8 @@ def test_load_results_table_and_filters(tmp_path):
     assert len(load_results(res, epochs=250)) == 0
     with pytest.raises(ValueError, match="cannot filter"):
         load_results(res, colour="red")
+    # The records run_sweep returns give the same table (without file paths).
+    pd.testing.assert_frame_equal(results_frame(recs).drop(columns="path"), df.drop(columns="path"))
 
 
 def _synthetic(rng, cells):

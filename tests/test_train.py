@@ -168,9 +168,14 @@ def test_training_learns_and_writes_a_complete_record(dirs, tmp_path):
     assert len(rec["weight_stats"]) == len(convs)
     for st, v in zip(rec["weight_stats"], convs):
         flat = v.double().reshape(-1, 9)
-        assert st["count"] == flat.shape[0]
-        assert torch.allclose(torch.tensor(st["abs_sum"], dtype=torch.float64).reshape(-1), flat.abs().sum(0))
-        assert torch.allclose(torch.tensor(st["outer_sum"], dtype=torch.float64), flat.T @ flat)
+        assert st["count"] == flat.shape[0] and st["k"] == 3
+        assert torch.allclose(torch.tensor(st["tap_abs_sum"], dtype=torch.float64).reshape(-1),
+                              flat.abs().sum(0))
+        # s(w, I_c, I_n) and s(w, I_n, I_co) of Eq. 7.1, by hand: taps 4 | 1, 3, 5, 7 | 0, 2, 6, 8
+        centre, edge, corner = flat[:, 4], flat[:, [1, 3, 5, 7]].mean(1), flat[:, [0, 2, 6, 8]].mean(1)
+        s_cn, s_nco = centre - edge, edge - corner
+        assert st["ring_diff_sum"] == pytest.approx([float(s_cn.sum()), float(s_nco.sum())])
+        assert st["ring_diff_sq_sum"] == pytest.approx([float((s_cn**2).sum()), float((s_nco**2).sum())])
 
 
 def test_finished_run_is_not_redone(dirs, monkeypatch):
