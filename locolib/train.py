@@ -484,8 +484,9 @@ def train(
     Raises :class:`RunLocked` if another live process is training this run.
 
     The record (JSON): ``format``, ``key``, ``config``, ``history`` (per epoch: epoch, lr,
-    train_loss, train_acc, test_loss, test_acc, test_error, penalty, train_s, eval_s,
-    images_per_s), ``final`` (the last epoch's metrics), ``timing`` (total_s, train_s, eval_s,
+    train_loss, train_acc, test_loss, test_acc, test_error, penalty (the regularization term
+    lam * sum(mask * w**2) at the epoch's end), train_s, eval_s, epoch_s, images_per_s),
+    ``final`` (the last epoch's metrics), ``timing`` (total_s, train_s, eval_s,
     per_epoch_s, images_per_s, segments = number of processes that worked on the run),
     ``n_train``, ``n_test``, ``num_params``, ``milestones``, ``weight_stats``
     (:func:`weight_stats`), plus provenance: ``versions``, ``device``, ``host``, ``git``,
@@ -547,7 +548,7 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
                 t2 = time.perf_counter()
             if inner is not None:
                 inner.close()
-            metrics.update(epoch=epoch + 1, train_s=t1 - t0, eval_s=t2 - t1,
+            metrics.update(epoch=epoch + 1, train_s=t1 - t0, eval_s=t2 - t1, epoch_s=t2 - t0,
                            images_per_s=len(run.y_train) / max(t1 - t0, 1e-9))
             history.append(metrics)
             elapsed += t2 - t0

@@ -39,7 +39,7 @@ def dirs(tmp_path, monkeypatch):
 
 def _metrics(rec: dict) -> list[dict]:
     """History without timings (those differ between runs)."""
-    timing = {"train_s", "eval_s", "images_per_s"}
+    timing = {"train_s", "eval_s", "epoch_s", "images_per_s"}
     return [{k: v for k, v in h.items() if k not in timing} for h in rec["history"]]
 
 
