@@ -430,7 +430,7 @@ def _padded(filters: Mapping[str, Sequence[float]]) -> tuple[list[str], np.ndarr
 
 def locate_1d(g: Callable[[int], float], filters: Mapping[str, Sequence[float]],
               noise_levels: Sequence[float], n_trials: int, half_width: int = 20,
-              seed: int = 0) -> np.ndarray:
+              seed: int = 0, chunk: int = 10000) -> np.ndarray:
     """Estimated locations x' = argmax_{|x| <= half_width} f(x, w), shape (levels, filters, trials).
 
     m(x) = g(x) + s eps_x with eps_x i.i.d. N(0, 1) on |x| <= half_width + K (K the largest
@@ -448,8 +448,10 @@ def locate_1d(g: Callable[[int], float], filters: Mapping[str, Sequence[float]],
     noise = np.random.default_rng(seed).standard_normal((n_trials, len(xs)))
     out = np.empty((len(noise_levels), len(w), n_trials), dtype=np.int64)
     for i, s in enumerate(noise_levels):
-        windows = sliding_window_view(clean + s * noise, 2 * kmax + 1, axis=1)  # n, 2R+1, 2K+1
-        out[i] = ((windows @ w.T).argmax(axis=1) - half_width).T
+        for start in range(0, n_trials, chunk):  # bounded memory: chunk x positions x filters
+            lines = clean + s * noise[start:start + chunk]
+            windows = sliding_window_view(lines, 2 * kmax + 1, axis=1)  # n, 2R+1, 2K+1
+            out[i, :, start:start + chunk] = ((windows @ w.T).argmax(axis=1) - half_width).T
     return out
 
 
