@@ -184,8 +184,8 @@ def standardized_differences(layers: Iterable[Any], inner: IndexSpec, outer: Ind
     out = []
     for index, s in enumerate(differences(layers, inner, outer, absolute)):
         sigma = s.std(ddof=0)
-        # Relative threshold: a std that is rounding noise of the values is zero.
-        if not sigma > 1e-12 * max(1.0, float(np.abs(s).max())):
+        # Relative threshold (scale-free): a std that is rounding noise of the values is zero.
+        if not (sigma > 0 and sigma > 1e-12 * float(np.abs(s).max())):
             raise ValueError(
                 f"layer {index}: s(w, {inner!r}, {outer!r}) has zero standard deviation over its "
                 f"{s.size} matrices, so it cannot be standardised"

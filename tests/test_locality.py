@@ -135,7 +135,7 @@ def test_sign_flip_flips_sign_and_scale_invariance_per_layer():
     assert lo.m_score([-a for a in layers], "c", "n") == pytest.approx(-m)
     # swapping the index sets flips the sign too
     assert lo.m_score(layers, "n", "c") == pytest.approx(-m)
-    scaled = [a * f for a, f in zip(layers, (1e-3, 7.0, 250.0))]
+    scaled = [a * f for a, f in zip(layers, (1e-20, 7.0, 250.0))]
     assert lo.m_score(scaled, "c", "n") == pytest.approx(m, rel=1e-10)
     # adding a constant to every weight changes no difference of means
     assert lo.m_score([a + 3.0 for a in layers], "c", "n") == pytest.approx(m, rel=1e-10)
