@@ -403,7 +403,7 @@ class _Run:
         # Keeping the partial last batch, as Keras' fit does.
         for step, start in enumerate(range(0, n, cfg.batch_size)):
             idx = perm[start:start + cfg.batch_size]
-            xb = augment_batch_(self.x_train[idx], aug_gen, cfg.flip, cfg.pad)
+            xb = _augment(self.x_train[idx], aug_gen, cfg.flip, cfg.pad)
             xb, yb = self._normalize(xb), self.y_train[idx]
             with _autocast(cfg, dev):
                 logits = self.forward(xb)
@@ -438,7 +438,7 @@ class _Run:
         return {"test_loss": float(loss_sum) / n, "test_acc": acc, "test_error": 1.0 - acc}
 
 
-def augment_batch_(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int) -> torch.Tensor:
+def _augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int) -> torch.Tensor:
     """:func:`locolib.data.augment_batch`, skipped when there is nothing to do."""
     if not flip and pad == 0:
         return x
@@ -482,6 +482,10 @@ def train(
       over (see :class:`locolib.results.RunLock`).
 
     Raises :class:`RunLocked` if another live process is training this run.
+
+    Resuming is exact on CPU (bitwise equal weights and metrics). On CUDA a resumed run sees the
+    same batches and augmentations, but cuDNN's autotuned (and atomics-based) kernels make it
+    equal to an uninterrupted run only up to floating-point rounding.
 
     The record (JSON): ``format``, ``key``, ``config``, ``history`` (per epoch: epoch, lr,
     train_loss, train_acc, test_loss, test_acc, test_error, penalty (the regularization term
