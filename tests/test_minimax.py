@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import sympy
-from scipy.optimize import minimize, nnls
+from scipy.optimize import minimize, minimize_scalar, nnls
 
 from locolib import minimax as mm
 
@@ -218,6 +218,11 @@ def test_signed_weights_sharpening_beats_centre_only(name, k):
         assert np.allclose(w, laplacian, atol=1e-8)
 
 
+def test_some_k2_optima_weigh_the_outer_offsets_more_negatively():
+    outer = [n for n in GRID if (lambda w: w[0] < w[1] < 0)(mm.solve(GRID[n], 2)[0])]
+    assert outer == ["Gaussian sigma=0.7", "Gaussian sigma=0.85", "Cauchy c=1.9"]
+
+
 def test_the_closed_form_regime_occurs_and_so_does_the_other():
     regimes = {abs(mm.solve(GRID[n], k)[1] - mm.laplacian_filter(GRID[n], k)[1]) < 1e-10 for n, k in CASES}
     assert regimes == {True, False}
@@ -282,6 +287,12 @@ def test_which_weights_minimise_which_variance():
     # nearest competitor, sum(w) = 1: (3, 4, 3) / 10 beats uniform
     assert mm.variance([0.3, 0.4, 0.3], 1) < mm.variance(uniform, 1) - 0.02
     assert abs(mm.variance([0.3, 0.4, 0.3], 1) - 0.2) < 1e-12
+    # nearest competitor, unit norm: the sine filter (1, sqrt 2, 1) / 2 beats every other, uniform too
+    sine = mm.neighbour_filter(1 / math.sqrt(2))
+    assert abs(mm.variance(sine, 1) - 2 * (1 - math.cos(math.pi / 4))) < 1e-12
+    assert all(mm.variance(w / np.linalg.norm(w), 1) >= mm.variance(sine, 1) - 1e-12
+               for w in rng.normal(size=(2000, 3)))
+    assert mm.variance(mm.neighbour_filter(1), 1) > mm.variance(sine, 1) + 0.08
     # non-negative weights: the worst competitor is any far one
     for w in others[:50]:
         assert max(mm.variance(w, x) for x in range(1, 6)) == pytest.approx(mm.variance(w, 5))
@@ -303,18 +314,27 @@ def test_monte_carlo_matches_mean_and_variance_but_not_the_paper():
 # ---------------------------------------------------------------- localisation under noise
 
 
-def test_snr_optimum_is_interior_and_localisation_prefers_it():
-    g = mm.laplace(2)
-    betas = np.round(np.arange(-0.2, 1.0001, 0.1), 10)
-    snr = np.array([mm.worst_snr(g, mm.neighbour_filter(b)) for b in betas])
-    beta_snr = betas[snr.argmax()]
-    assert 0 < beta_snr < 1
-    rates = mm.localisation_rate(g, [mm.neighbour_filter(b) for b in betas], [0.25, 0.5], n=20_000)
-    se = math.sqrt(0.25 / 20_000)
-    centre, uniform = list(betas).index(0.0), list(betas).index(1.0)
+def test_trade_off_along_the_neighbour_filters():
+    g, step = mm.laplace(2), 0.1
+    betas = np.round(np.arange(-0.3, 1 + step / 2, step), 10)
+    filters = [mm.neighbour_filter(b) for b in betas]
+    beta_e = mm.solve(g, 1)[0][0] / mm.solve(g, 1)[0][1]
+    gap = [mm.worst_gap(g, w) for w in filters]
+    snr = [mm.worst_snr(g, w) for w in filters]
+    beta_snr = minimize_scalar(lambda b: -mm.worst_snr(g, mm.neighbour_filter(b)), bounds=(-0.3, 1),
+                               method="bounded", options={"xatol": 1e-8}).x
+    beta_matched = g(1) / g(0)
+    assert beta_e < 0 < beta_snr < beta_matched < 1
+    assert abs(betas[np.argmax(gap)] - beta_e) <= step and abs(betas[np.argmax(snr)] - beta_snr) <= step
+    assert abs(betas[np.argmin([mm.variance(w, 1) for w in filters])] - 1 / math.sqrt(2)) <= step
+    assert abs(betas[np.argmax([w @ [g(-1), g(0), g(1)] for w in filters])] - beta_matched) <= step
+    n = 20_000
+    rates = mm.localisation_rate(g, filters, [0.25, 0.5], n=n, half_width=10)
+    se = math.sqrt(2 * 0.25 / n)
+    others = [list(betas).index(0.0), len(betas) - 1, int(np.abs(betas - beta_e).argmin())]
     for row in rates:
-        assert row.max() > row[centre] + 3 * se and row.max() > row[uniform] + 3 * se
-        assert abs(betas[row.argmax()] - beta_snr) <= 0.2
+        assert all(row.max() > row[i] + 3 * se for i in others)
+        assert beta_snr - step <= betas[row.argmax()] <= beta_matched + step
 
 
 def test_localisation_rate_hand_cases():
