@@ -88,7 +88,10 @@ def anchors(path: Path) -> _Anchors:
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
-    return build(ROOT, out, profile="smoke")
+    with pytest.MonkeyPatch.context() as patch:
+        # Training runs of the smoke build go to a scratch folder, not the repository's results/.
+        patch.setenv("LOCOLIB_RESULTS", str(out / "results"))
+        return build(ROOT, out, profile="smoke")
 
 
 @pytest.fixture(scope="module")
