@@ -40,3 +40,42 @@ def test_atomic_writes_leave_no_partial_file(tmp_path: Path):
         atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def write_notebook(path: Path, parameters: str) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"),
+                nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_read_parameters_accepts_only_plain_literals(tmp_path: Path):
+    from locolib.notebook import read_parameters
+
+    good = write_notebook(tmp_path / "good.ipynb", 'profile = "default"\nprofiles = {"smoke": {"n": 1}}')
+    assert read_parameters(good) == {"profile": "default", "profiles": {"smoke": {"n": 1}}}
+    computed = write_notebook(tmp_path / "bad.ipynb", "n = len([1, 2])")
+    with pytest.raises(ValueError, match="parameter n is not a plain literal"):
+        read_parameters(computed)
+    statement = write_notebook(tmp_path / "stmt.ipynb", "import os")
+    with pytest.raises(ValueError, match="may only assign plain literals"):
+        read_parameters(statement)
+
+
+def test_toc_pages_must_exist(tmp_path: Path):
+    from locolib.book import toc_notebooks
+
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "intro.md").write_text("# Intro\n")
+    (tmp_path / "book" / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/a\n  - file: notebooks/gone\n"
+    )
+    (tmp_path / "notebooks").mkdir()
+    write_notebook(tmp_path / "notebooks" / "a.ipynb", 'profile = "default"')
+    with pytest.raises(FileNotFoundError, match="notebooks/gone"):
+        toc_notebooks(tmp_path)
+    (tmp_path / "book" / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/a\n")
+    assert toc_notebooks(tmp_path) == [tmp_path / "notebooks" / "a.ipynb"]
