@@ -34,8 +34,7 @@ def test_atomic_writes_leave_no_partial_file(tmp_path: Path):
     target = tmp_path / "sub" / "x.json"
     write_json(target, {"b": 1, "a": [1, 2]})
     assert read_json(target) == {"a": [1, 2], "b": 1}
-
-
+    # A write that fails half-way keeps the old file and leaves no temporary file behind.
     with pytest.raises(TypeError):
         atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
