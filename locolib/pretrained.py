@@ -1,0 +1,162 @@
+"""ImageNet networks of torchvision for Table 4's upper block, loaded without ever hanging offline.
+
+The paper tested Keras' pre-trained VGG16, ResNet50, InceptionV3, Xception, MobileNet and
+DenseNet121. torchvision has all of them but Xception and MobileNet v1; :data:`IMAGENET_MODELS`
+maps the paper's names to torchvision architectures and their original ("IMAGENET1K_V1")
+weights. MobileNet v1 is replaced by **MobileNetV2**: like v1 every spatial convolution in it is a
+3 x 3 (a full stem conv, then only depth-wise ones), whereas MobileNetV3 also has 5 x 5
+depth-wise kernels and squeeze-excitation blocks.
+
+:func:`load_imagenet_model` uses weights already in the torch hub cache
+(``torch.hub.get_dir()/checkpoints``) without touching the network; otherwise, if downloads are
+allowed, it first checks within a few seconds that the download host is reachable and only then
+downloads. Whatever fails is reported, not raised, as :class:`Loaded` with ``model=None`` and
+the reason, so a chapter can say plainly what it skipped and why.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from torch import nn
+
+__all__ = [
+    "IMAGENET_MODELS",
+    "Loaded",
+    "weights_enum",
+    "cached_weights_path",
+    "host_reachable",
+    "build_imagenet_model",
+    "load_imagenet_model",
+    "square_kernels",
+]
+
+#: The paper's name -> (torchvision architecture, weights name).
+IMAGENET_MODELS: dict[str, tuple[str, str]] = {
+    "VGG16": ("vgg16", "IMAGENET1K_V1"),
+    "ResNet50": ("resnet50", "IMAGENET1K_V1"),
+    "InceptionV3": ("inception_v3", "IMAGENET1K_V1"),
+    "MobileNetV2": ("mobilenet_v2", "IMAGENET1K_V1"),
+    "DenseNet121": ("densenet121", "IMAGENET1K_V1"),
+}
+
+
+@dataclass
+class Loaded:
+    """The outcome of :func:`load_imagenet_model`: the model (None if unavailable), where its
+    weights came from ("cache", "download", "random init") and, when skipped, why."""
+
+    name: str
+    arch: str
+    model: nn.Module | None
+    source: str
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.model is not None
+
+
+def _arch(name: str) -> tuple[str, str]:
+    if name in IMAGENET_MODELS:
+        return IMAGENET_MODELS[name]
+    raise ValueError(f"unknown model {name!r}; choose one of {list(IMAGENET_MODELS)}")
+
+
+def weights_enum(name: str) -> Any:
+    """The torchvision weights entry (with its ``url``) of one of :data:`IMAGENET_MODELS`."""
+    import torchvision.models as tvm
+
+    arch, weights = _arch(name)
+    return tvm.get_model_weights(arch)[weights]
+
+
+def cached_weights_path(name: str) -> Path:
+    """Where torch.hub keeps (or would keep) the weights file of model ``name``."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum(name).url).path).name
+
+
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds.
+
+    Runs in a daemon thread that is abandoned after the timeout, so a slow DNS lookup (which
+    socket timeouts do not cover) cannot hang the caller either.
+    """
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+def build_imagenet_model(name: str, seed: int = 0) -> nn.Module:
+    """Model ``name`` with torchvision's random initialisation (no weights, nothing downloaded),
+    seeded by ``seed`` without touching the caller's global RNG state."""
+    import torch
+    import torchvision.models as tvm
+
+    arch, _ = _arch(name)
+    kwargs = {"init_weights": True, "aux_logits": False} if arch == "inception_v3" else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tvm.get_model(arch, weights=None, **kwargs).eval()
+
+
+def load_imagenet_model(name: str, pretrained: bool = True, allow_download: bool = True,
+                        timeout: float = 3.0) -> Loaded:
+    """Model ``name`` with its ImageNet weights, or a :class:`Loaded` saying why not.
+
+    ``pretrained=False`` returns the randomly initialised model (``source="random init"``).
+    Otherwise weights in the torch hub cache are used as they are; else, with
+    ``allow_download`` and the host answering within ``timeout`` seconds, they are downloaded
+    (VGG16's file is 528 MB). Nothing here raises for a missing network.
+    """
+    import torchvision.models as tvm
+
+    arch, _ = _arch(name)
+    if not pretrained:
+        return Loaded(name, arch, build_imagenet_model(name), "random init")
+    weights = weights_enum(name)
+    path = cached_weights_path(name)
+    if path.is_file():
+        source = "cache"
+    elif not allow_download:
+        return Loaded(name, arch, None, "skipped",
+                      f"weights not in the torch hub cache ({path}) and downloads are disabled")
+    elif not host_reachable(weights.url, timeout):
+        return Loaded(name, arch, None, "skipped",
+                      f"weights not in the torch hub cache ({path}) and "
+                      f"{urlparse(weights.url).hostname} is not reachable (no internet)")
+    else:
+        source = "download"
+    try:
+        model = tvm.get_model(arch, weights=weights, progress=False)
+    except Exception as err:  # noqa: BLE001 -- a failed download or a corrupt file: report it
+        return Loaded(name, arch, None, "skipped", f"loading the weights failed: {err}")
+    return Loaded(name, arch, model.eval(), source)
+
+
+def square_kernels(model: nn.Module, k: int = 3) -> list[Any]:
+    """The weights of every k x k ``nn.Conv2d`` of ``model`` (depth-wise included), input side
+    first, detached: the layers W_l of Eq. 7.1. 1 x k and k x 1 kernels (Inception) are left out.
+    """
+    from locolib.locality import conv_kernels
+
+    return [w.detach() for w in conv_kernels(model, k)]

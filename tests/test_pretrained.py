@@ -1,0 +1,111 @@
+"""ImageNet models of torchvision: kernel extraction and offline-safe loading (no downloads here)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from locolib import locality as lo
+from locolib import pretrained as P
+
+torch.set_num_threads(1)
+
+
+def count_square(model: nn.Module, k: int = 3) -> tuple[int, int]:
+    """(layers, depth-wise layers) with k x k kernels, counted independently of conv_kernels."""
+    convs = [m for m in model.modules() if type(m) is nn.Conv2d and m.kernel_size == (k, k)]
+    return len(convs), sum(m.groups > 1 and m.groups == m.in_channels for m in convs)
+
+
+# Known 3 x 3 counts of the architectures: VGG16 13 convs; ResNet50 one per bottleneck (3+4+6+3);
+# MobileNetV2 the stem plus 17 depth-wise; DenseNet121 one per dense layer (6+12+24+16).
+@pytest.mark.parametrize("name,layers,depthwise", [
+    ("ResNet50", 16, 0), ("MobileNetV2", 18, 17), ("DenseNet121", 58, 0), ("InceptionV3", None, 0),
+])
+def test_square_kernels_of_random_models(name, layers, depthwise):
+    model = P.build_imagenet_model(name)
+    ks = P.square_kernels(model)
+    n, dw = count_square(model)
+    assert len(ks) == n and dw == depthwise
+    if layers is not None:
+        assert n == layers
+    assert all(k.shape[-2:] == (3, 3) and not k.requires_grad for k in ks)
+    assert sum(k.shape[1] == 1 for k in ks) >= depthwise
+    if name == "InceptionV3":   # its 1 x 3 and 3 x 1 kernels are not k x k matrices
+        assert any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 3) for m in model.modules())
+
+
+def test_vgg16_has_13_square_kernels():
+    assert len(P.square_kernels(P.build_imagenet_model("VGG16"))) == 13
+
+
+def test_random_initialisation_shows_no_locality():
+    """i.i.d. initial weights: every ring is alike, so m is near 0 and not significant."""
+    ks = P.square_kernels(P.build_imagenet_model("ResNet50", seed=3))
+    for inner, outer in lo.TABLE4_PAIRS:
+        for absolute in (False, True):
+            r = lo.locality_test(ks, inner, outer, absolute)
+            assert abs(r.m) < 4 / r.n ** 0.5 and r.p_two_sided > 1e-4
+
+
+def test_build_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = P.square_kernels(P.build_imagenet_model("MobileNetV2", seed=5))
+    assert torch.equal(before, torch.random.get_rng_state())
+    b = P.square_kernels(P.build_imagenet_model("MobileNetV2", seed=5))
+    c = P.square_kernels(P.build_imagenet_model("MobileNetV2", seed=6))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="choose one of"):
+        P.build_imagenet_model("Xception")
+
+
+def test_skips_quickly_without_cache_and_without_downloads(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    t = time.perf_counter()
+    out = P.load_imagenet_model("VGG16", allow_download=False)
+    assert time.perf_counter() - t < 5
+    assert not out.ok and out.source == "skipped" and "cache" in out.reason
+    assert P.cached_weights_path("VGG16") == tmp_path / "checkpoints" / "vgg16-397923af.pth"
+
+
+def test_skips_when_the_host_does_not_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(P, "host_reachable", lambda url, timeout=3.0: False)
+    out = P.load_imagenet_model("ResNet50")
+    assert not out.ok and "not reachable" in out.reason
+
+
+def test_uses_weights_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    reference = P.build_imagenet_model("MobileNetV2", seed=9)
+    path = P.cached_weights_path("MobileNetV2")
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    monkeypatch.setattr(P, "host_reachable", lambda *a, **k: pytest.fail("no network needed"))
+    out = P.load_imagenet_model("MobileNetV2")
+    assert out.ok and out.source == "cache"
+    for x, y in zip(P.square_kernels(out.model), P.square_kernels(reference)):
+        assert torch.equal(x, y)
+
+
+def test_pretrained_false_gives_random_init():
+    out = P.load_imagenet_model("MobileNetV2", pretrained=False)
+    assert out.ok and out.source == "random init"
+
+
+def test_host_reachable():
+    assert not P.host_reachable("https://host.invalid/x.pth", timeout=1.0)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        assert P.host_reachable(f"http://127.0.0.1:{port}/x", timeout=1.0)
