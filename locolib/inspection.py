@@ -12,6 +12,7 @@
   t-test) exactly from the compact ``weight_stats`` that every training record stores, so runs
   whose weights were never saved (e.g. trained on a GPU elsewhere) can be tested too. They agree
   with :func:`locolib.locality.locality_test` on the kernels themselves (see the tests).
+  :func:`table4_row_from_runs` pools the matrices of several runs of one network.
 * :func:`tap_coverage`: for how many output positions each tap of a padded convolution sees the
   input rather than the zero padding (small maps make outer taps see mostly padding).
 """
@@ -42,6 +43,8 @@ __all__ = [
     "ring_pair_index",
     "stats_locality_test",
     "table4_row_from_stats",
+    "table4_row_from_runs",
+    "spatial_input_sizes",
     "tap_coverage",
 ]
 
@@ -257,6 +260,21 @@ def table4_row_from_stats(stats: Sequence[Mapping[str, Any]], model: str = "mode
     ``k``: use only the layers with k x k kernels (default: the kernel size of the first layer;
     required to be the only one unless given).
     """
+    layers, k = _kernel_layers(stats, k)
+    lower, upper = split_halves(layers, middle)
+    rows = []
+    for absolute in (False, True):
+        for part, subset in zip(PARTS, (layers, lower, upper)):
+            for inner, outer in pairs:
+                r = stats_locality_test(subset, inner, outer, absolute)
+                rows.append({"model": model, "absolute": absolute, "part": part,
+                             "pair": f"m({inner},{outer})", "m": r.m, "t": r.t, "p": r.p,
+                             "p_two_sided": r.p_two_sided, "stars": stars(r.p), "n": r.n,
+                             "n_layers": r.n_layers})
+    return pd.DataFrame(rows)
+
+
+def _kernel_layers(stats: Sequence[Mapping[str, Any]], k: int | None) -> tuple[list, int]:
     stats = list(stats)
     if not stats:
         raise ValueError("no layers given")
@@ -268,12 +286,30 @@ def table4_row_from_stats(stats: Sequence[Mapping[str, Any]], model: str = "mode
     layers = [e for e in stats if int(e["k"]) == k]
     if not layers:
         raise ValueError(f"no {k} x {k} layers (kernel sizes are {sizes})")
-    lower, upper = split_halves(layers, middle)
+    return layers, k
+
+
+def table4_row_from_runs(runs: Sequence[Sequence[Mapping[str, Any]]], model: str = "model",
+                         middle: Literal["upper", "lower"] = "upper",
+                         pairs: Sequence[tuple[str, str]] = TABLE4_PAIRS,
+                         k: int | None = None) -> pd.DataFrame:
+    """Table 4 cells for several runs of one network pooled: ``runs`` holds each run's
+    ``weight_stats``. Every run is split into its own lower and upper halves, each layer is
+    standardised by its own sigma, and the test then uses all matrices of all runs (for one run
+    this is :func:`table4_row_from_stats`). ``n_layers`` counts layers over all runs.
+    """
+    runs = [_kernel_layers(r, k)[0] for r in runs]
+    if not runs:
+        raise ValueError("no runs given")
+    halves = [split_halves(r, middle) for r in runs]
+    parts = {"all": [e for r in runs for e in r],
+             "lower": [e for lo, _ in halves for e in lo],
+             "upper": [e for _, up in halves for e in up]}
     rows = []
     for absolute in (False, True):
-        for part, subset in zip(PARTS, (layers, lower, upper)):
+        for part in PARTS:
             for inner, outer in pairs:
-                r = stats_locality_test(subset, inner, outer, absolute)
+                r = stats_locality_test(parts[part], inner, outer, absolute)
                 rows.append({"model": model, "absolute": absolute, "part": part,
                              "pair": f"m({inner},{outer})", "m": r.m, "t": r.t, "p": r.p,
                              "p_two_sided": r.p_two_sided, "stars": stars(r.p), "n": r.n,
@@ -302,3 +338,30 @@ def tap_coverage(size: int, k: int = 3, stride: int = 1, padding: int | None = N
     inside = np.array([[(0 <= s + i < size) for s in starts] for i in range(k)], dtype=float)
     per_axis = inside.mean(axis=1)  # fraction of output rows at which tap row i is inside
     return np.outer(per_axis, per_axis)
+
+
+@torch.no_grad()
+def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
+    """(height, width) of the input map of every spatial convolution of ``model`` (the order of
+    :func:`locolib.reg.spatial_convs`, i.e. of ``weight_stats``) for the input batch ``x``."""
+    from locolib.reg import spatial_convs
+
+    convs = spatial_convs(model)
+    seen: dict[int, tuple[int, int]] = {}
+
+    def record(module: nn.Module, inputs: tuple) -> None:  # must return None: keeps the input
+        seen.setdefault(id(module), tuple(inputs[0].shape[-2:]))
+
+    handles = [c.register_forward_pre_hook(record) for c in convs]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    missing = [i for i, c in enumerate(convs) if id(c) not in seen]
+    if missing:
+        raise RuntimeError(f"spatial convolutions {missing} were not called in the forward pass")
+    return [seen[id(c)] for c in convs]

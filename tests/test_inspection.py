@@ -206,3 +206,40 @@ def test_trained_model_recovers_weights_that_were_not_kept(tmp_path):
     assert (tmp_path / "models" / f"{cfg.key}.pt").is_file()
     assert weight_stats(model) == rec["weight_stats"], "recovered weights differ from the run's"
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"{cfg.key}.json"]
+
+
+def test_table4_row_from_runs_pools_the_halves_of_each_run():
+    runs = [random_kernels(s) for s in (4, 5, 6)]
+    stats = [weight_stats(Stack(r)) for r in runs]
+    got = ins.table4_row_from_runs(stats, "net")
+    # independent: pool each run's halves as separate layers and run the kernel-based test
+    for part in ("all", "lower", "upper"):
+        layers = []
+        for r in runs:
+            lower, upper = lo.split_halves([torch.as_tensor(w).double() for w in r])
+            layers += {"all": lower + upper, "lower": lower, "upper": upper}[part]
+        for inner, outer in lo.TABLE4_PAIRS:
+            for absolute in (False, True):
+                want = lo.locality_test(layers, inner, outer, absolute)
+                row = got[(got.part == part) & (got.pair == f"m({inner},{outer})")
+                          & (got.absolute == absolute)].iloc[0]
+                assert row.m == pytest.approx(want.m, rel=1e-9)
+                assert row.p == pytest.approx(want.p, rel=1e-6, abs=1e-300)
+                assert row.n == want.n and row.n_layers == len(layers)
+    one = ins.table4_row_from_runs(stats[:1], "net")
+    pd_cols = ["m", "p", "n"]
+    np.testing.assert_allclose(one[pd_cols].to_numpy(float),
+                               ins.table4_row_from_stats(stats[0], "net")[pd_cols].to_numpy(float))
+
+
+def test_spatial_input_sizes_of_vgg13():
+    from locolib.models import build_model
+
+    model = build_model("vgg13", 10, in_channels=1, width=0.0625).train()
+    sizes = ins.spatial_input_sizes(model, torch.zeros(1, 1, 32, 32))
+    assert sizes == [(s, s) for s in (32, 32, 16, 16, 8, 8, 4, 4, 2, 2)]
+    assert model.training and all(not m._forward_pre_hooks for m in model.modules())
+    mobile = build_model("mobilenet", 10, width=0.0625)
+    # stem at 32; depth-wise strides 2,1,2,1,1,2,1,1,2 -> inputs 32,16,16,8,8,8,4,4,4,2
+    assert [h for h, _ in ins.spatial_input_sizes(mobile, torch.zeros(1, 3, 32, 32))] == \
+        [32, 32, 16, 16, 8, 8, 8, 4, 4, 4]
