@@ -38,7 +38,11 @@ __all__ = [
     "PAPER_TABLE5",
     "paper_table5",
     "table5",
+    "format_table5",
+    "table5_problems",
+    "verdict",
     "provenance_summary",
+    "arm_summary",
     "history_frame",
     "stats_layer_ratios",
     "table6_frame",
@@ -160,6 +164,95 @@ def table5(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     return ours.merge(paper_table5(), on=["dataset", "network"], how="left")
 
 
+def format_table5(t: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """A :func:`table5` (or :func:`locolib.results.compare`) frame for reading: errors in %,
+    differences in percentage points, relative difference in %, the CI as text, p-values with
+    3 significant digits; the paper's columns where present. Extra leading columns (e.g. a
+    ``rule`` column) are kept."""
+    def num(v, d=decimals):
+        return "" if v is None or v != v else f"{v:.{d}f}"
+
+    def pval(v):
+        return "" if v is None or v != v else f"{v:.3g}"
+
+    lead = [c for c in t.columns if c not in _TABLE5_COLUMNS]
+    out = t[lead].copy()
+    out["n (L2/LOCO)"] = [f"{a}/{b}" for a, b in zip(t.n_l2, t.n_loco)]
+    out["L2 error %"] = t.l2_mean.map(num)
+    out["LOCO error %"] = t.loco_mean.map(num)
+    out["difference (pp)"] = t.difference.map(num)
+    out["relative %"] = (100 * t.rel_difference).map(lambda v: num(v, 1))
+    out["95% CI (pp)"] = [f"[{num(a)}, {num(b)}]" if a == a else "" for a, b in zip(t.ci_low, t.ci_high)]
+    out["p one-sided"] = t.p_one_sided.map(pval)
+    out["p two-sided"] = t.p_two_sided.map(pval)
+    out["stars"] = t.stars
+    if "paper_l2" in t.columns:
+        out["paper L2 %"] = t.paper_l2.map(num)
+        out["paper LOCO %"] = [num(v) + (s if isinstance(s, str) else "") for v, s in
+                               zip(t.paper_loco, t.paper_stars)]
+    return out
+
+
+def table5_problems(t: pd.DataFrame, n_per_arm: int | None = None,
+                    cells: Iterable[tuple[str, str]] | None = None) -> list[str]:
+    """Internal consistency of a :func:`table5` frame; an empty list when all holds:
+
+    every expected (dataset, network) cell is there (``cells``), each arm has ``n_per_arm`` runs,
+    difference = loco - l2 and the relative difference, a test wherever one is possible (two runs
+    per arm and some spread), p-values in [0, 1], the one-sided p is the two-sided p's half on the
+    side of the observed difference, the CI contains the difference and excludes 0 exactly when
+    the two-sided p < 0.05 (at 95%), and the stars follow the one-sided p.
+    """
+    from locolib.results import significance_stars
+
+    out = []
+    if cells is not None:
+        missing = sorted(set(cells) - set(zip(t.dataset, t.network)))
+        if missing:
+            out.append(f"cells missing: {missing}")
+    for r in t.itertuples():
+        name = f"{r.dataset}/{r.network}"
+        if n_per_arm is not None and (r.n_l2 != n_per_arm or r.n_loco != n_per_arm):
+            out.append(f"{name}: {r.n_l2}/{r.n_loco} runs, expected {n_per_arm} per arm")
+        if not math.isclose(r.difference, r.loco_mean - r.l2_mean, rel_tol=1e-9, abs_tol=1e-12):
+            out.append(f"{name}: difference is not loco - l2")
+        if not math.isclose(r.rel_difference, r.difference / r.l2_mean, rel_tol=1e-9, abs_tol=1e-12):
+            out.append(f"{name}: relative difference is not difference / l2")
+        spread = (0 if r.l2_std != r.l2_std else r.l2_std) + (0 if r.loco_std != r.loco_std else r.loco_std)
+        if r.p_two_sided != r.p_two_sided:
+            if r.n_l2 >= 2 and r.n_loco >= 2 and spread > 0:
+                out.append(f"{name}: no test although both arms have runs and spread")
+            continue
+        if not (0 <= r.p_two_sided <= 1 and 0 <= r.p_one_sided <= 1):
+            out.append(f"{name}: p-value outside [0, 1]")
+        half = r.p_two_sided / 2
+        if not math.isclose(r.p_one_sided, half if r.t < 0 else 1 - half, abs_tol=1e-12):
+            out.append(f"{name}: one-sided p does not match the two-sided p")
+        if not r.ci_low <= r.difference <= r.ci_high:
+            out.append(f"{name}: the CI does not contain the difference")
+        if (r.ci_high < 0 or r.ci_low > 0) != (r.p_two_sided < 0.05):
+            out.append(f"{name}: the 95% CI and the two-sided p disagree")
+        if r.stars != significance_stars(r.p_one_sided):
+            out.append(f"{name}: stars do not follow the one-sided p")
+    return out
+
+
+def verdict(row: Any, alpha: float = 0.05) -> str:
+    """What one row of :func:`table5` (computed at confidence 1 - alpha) supports, in words."""
+    if row.p_two_sided != row.p_two_sided:
+        return "no test (too few runs or no spread)"
+    if row.p_two_sided < alpha:
+        lower = "lower" if row.difference < 0 else "higher"
+        return f"LOCO-REG significantly {lower} error ({100 * alpha:g}% level, two-sided)"
+    return f"no significant difference ({100 * alpha:g}% level, two-sided)"
+
+
+_TABLE5_COLUMNS = {"n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std", "difference",
+                   "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low",
+                   "ci_high", "paper_l2", "paper_loco", "paper_stars", "paper_difference",
+                   "paper_rel_difference"}
+
+
 def provenance_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Where the runs of ``df`` (rows as from :func:`locolib.results.load_results`) come from,
     per (dataset, network): number of runs, devices, first and last date, git commits (short),
@@ -180,6 +273,23 @@ def provenance_summary(df: pd.DataFrame) -> pd.DataFrame:
             "train_subset": uniq("train_subset", lambda v: str(int(v)), missing="all"),
         })
     return pd.DataFrame(rows)
+
+
+def arm_summary(df: pd.DataFrame, by: Sequence[str] = ("dataset", "network", "regularizer"),
+                confidence: float = 0.95) -> pd.DataFrame:
+    """Per arm (default: dataset, network, regularizer): n, mean and sample std of the test
+    error (%), and the t-based ``confidence`` interval of the mean (NaN for n < 2)."""
+    from scipy import stats
+
+    rows = []
+    for keys, g in df.groupby(list(by), sort=True):
+        x = 100.0 * g["test_error"].to_numpy(float)
+        n = len(x)
+        mean, sd = x.mean(), (x.std(ddof=1) if n > 1 else math.nan)
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+        rows.append({**dict(zip(by, keys)), "n": n, "mean": mean, "std": sd,
+                     "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(rows, columns=[*by, "n", "mean", "std", "ci_low", "ci_high"])
 
 
 def history_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
