@@ -49,6 +49,7 @@ __all__ = [
     "stats_table6_parameters",
     "table6_loco_params",
     "l2_equivalence",
+    "conv_input_sizes",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -473,3 +474,25 @@ def l2_equivalence(lam: float = 5e-4, steps: int = 5, seed: int = 0,
     diff = lambda u, v: max(float((p - q).abs().max()) for p, q in zip(u, v))  # noqa: E731
     return {"max_diff_weight_decay_2lam": diff(a, b), "max_diff_weight_decay_lam": diff(a, c),
             "max_change": diff(a, start)}
+
+
+def conv_input_sizes(network: str, input_size: int = 32, width: float = 0.125,
+                     in_channels: int = 1) -> list[int]:
+    """Height of the feature map entering each spatial convolution of ``network`` (module order,
+    as the layers of Table 6) for ``input_size`` x ``input_size`` inputs."""
+    import torch
+
+    from locolib.models import build_model
+    from locolib.reg import spatial_convs
+
+    model = build_model(network, 10, in_channels=in_channels, width=width).eval()
+    sizes: list[int] = []
+    hooks = [c.register_forward_pre_hook(lambda m, inp: sizes.append(int(inp[0].shape[-1])))
+             for c in spatial_convs(model)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
