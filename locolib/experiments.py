@@ -3,19 +3,23 @@
 A chapter describes its sweep by a plain settings dict (from its ``parameters`` cell) and gets
 the runs with :func:`book_plan`; :func:`locolib.sweep.run_sweep` trains only the runs without a
 result record, so a run trained by one chapter (Table 5) is reused by the next (Tables 4 and 6).
+:func:`finished_records` reads the records of a plan without training anything (e.g. GPU runs
+copied into ``results/``).
 
 Besides the plan, this module holds what the LOCO-REG chapters compute from result records:
 
-* :data:`PAPER_TABLE5` and :func:`table5`: the paper's Table 5 and our statistics next to it,
-  with the provenance of the runs (:func:`provenance_summary`);
-* :func:`history_frame`: learning curves of runs;
+* :data:`PAPER_TABLE5`, :func:`table5`, :func:`format_table5`: the paper's Table 5 and our
+  statistics (:func:`locolib.results.compare`) next to it; :func:`table5_problems` checks a
+  table's completeness and internal consistency, :func:`verdict` says what a row supports;
+  :func:`provenance_summary` where the runs come from; :func:`arm_summary` per-arm means with
+  confidence intervals; :func:`history_frame` learning curves;
 * :func:`stats_layer_ratios`, :func:`table6_frame`, :func:`stats_table6_parameters`,
   :func:`table6_loco_params`: Table 6's layer-wise ``(gamma_l, eta_l)`` from the compact
   per-layer kernel sums every record stores (:func:`locolib.train.weight_stats`). So the
   trained weights themselves need not be kept: ``sum_{w in W_l} m(w, I)`` is the record's
   ``tap_sum`` (or ``tap_abs_sum``) summed over I and divided by |I|; the result equals
   :func:`locolib.reg.layer_ratios` / :func:`locolib.reg.table6_parameters` on the models
-  (see tests/test_experiments.py);
+  (see tests/test_experiments.py). :func:`conv_input_sizes` gives the map size each layer sees;
 * :func:`l2_equivalence`: TensorFlow's L2 strength vs PyTorch's ``weight_decay``, measured.
 """
 
