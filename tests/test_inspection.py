@@ -243,3 +243,22 @@ def test_spatial_input_sizes_of_vgg13():
     # stem at 32; depth-wise strides 2,1,2,1,1,2,1,1,2 -> inputs 32,16,16,8,8,8,4,4,4,2
     assert [h for h, _ in ins.spatial_input_sizes(mobile, torch.zeros(1, 3, 32, 32))] == \
         [32, 32, 16, 16, 8, 8, 8, 4, 4, 4]
+
+
+def test_random_signs_hide_centre_heavy_magnitudes_from_the_signed_test():
+    """The logic behind chapter 07's signed-vs-magnitude finding, on hand-made kernels: magnitudes
+    fall from the centre outwards, signs are random (a filter and its negative are equally good).
+    The signed test sees nothing, the magnitude test sees the ordering, from kernels and records."""
+    rng = np.random.default_rng(7)
+    profile = np.array([[0.6, 0.8, 0.6], [0.8, 1.0, 0.8], [0.6, 0.8, 0.6]])
+    layers = []
+    for o, i in ((32, 16), (32, 32)):
+        magnitude = profile * rng.lognormal(0.0, 0.3, size=(o, i, 3, 3))
+        layers.append((rng.choice([-1.0, 1.0], size=(o, i, 3, 3)) * magnitude).astype(np.float32))
+    stats = weight_stats(Stack(layers))
+    for inner, outer in lo.TABLE4_PAIRS:
+        signed = ins.stats_locality_test(stats, inner, outer, absolute=False)
+        magn = ins.stats_locality_test(stats, inner, outer, absolute=True)
+        assert abs(signed.m) < 0.1 and signed.p_two_sided > 0.01
+        assert magn.m > 0.3 and magn.p < 1e-10
+        assert magn.m == pytest.approx(lo.m_score(layers, inner, outer, absolute=True), rel=1e-6)
