@@ -28,6 +28,7 @@ def tiny_book(tmp_path: Path, page: str, notebook_code: str) -> Path:
     (tmp_path / "notebooks").mkdir()
     shutil.copy2(ROOT / "_config.yml", tmp_path / "_config.yml")
     shutil.copy2(ROOT / "book" / "references.bib", tmp_path / "book" / "references.bib")
+    shutil.copytree(ROOT / "book" / "_static", tmp_path / "book" / "_static")  # named by _config.yml
     (tmp_path / "book" / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/n\n"
     )

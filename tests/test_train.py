@@ -178,6 +178,27 @@ def test_training_learns_and_writes_a_complete_record(dirs, tmp_path):
         assert st["ring_diff_sq_sum"] == pytest.approx([float((s_cn**2).sum()), float((s_nco**2).sum())])
 
 
+def _flushing_denormals() -> bool:
+    return float(torch.tensor([1e-40]) * 1.0) == 0.0
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_training_restores_the_callers_denormal_mode(dirs, before):
+    """The CPU run flushes denormals while it trains, then gives the process its mode back
+    (left on, it silently turned numpy's tiny floats into zeros in unrelated code)."""
+    results, ck = dirs
+    seen = []
+    torch.set_flush_denormal(before)
+    try:
+        train(RunConfig(regularizer="l2", seed=0, **{**TINY, "epochs": 1}), results_dir=results,
+              checkpoint_dir=ck, progress=False, device="cpu",
+              hook=lambda *_: seen.append(_flushing_denormals()))
+        assert seen and all(seen), "denormals were not flushed during training"
+        assert _flushing_denormals() is before
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_finished_run_is_not_redone(dirs, monkeypatch):
     results, ck = dirs
     cfg = RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=0)
