@@ -486,17 +486,10 @@ def conv_input_sizes(network: str, input_size: int = 32, width: float = 0.125,
     as the layers of Table 6) for ``input_size`` x ``input_size`` inputs."""
     import torch
 
+    from locolib.inspection import spatial_input_sizes
     from locolib.models import build_model
-    from locolib.reg import spatial_convs
 
-    model = build_model(network, 10, in_channels=in_channels, width=width).eval()
-    sizes: list[int] = []
-    hooks = [c.register_forward_pre_hook(lambda m, inp: sizes.append(int(inp[0].shape[-1])))
-             for c in spatial_convs(model)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, input_size, input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return sizes
+    model = build_model(network, 10, in_channels=in_channels, width=width)
+    with torch.no_grad():
+        sizes = spatial_input_sizes(model, torch.zeros(1, in_channels, input_size, input_size))
+    return [height for height, _ in sizes]
