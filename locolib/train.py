@@ -7,7 +7,7 @@ dense layers in both arms, biases and BatchNorm unregularized (:class:`locolib.r
 A run is a :class:`RunConfig`; :func:`train` runs it and writes a JSON record. Design points:
 
 * Fast path: the whole (uint8) dataset lives on the device; each batch is gathered, augmented
-  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last, under bf16
+  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last and under bf16
   autocast on CUDA; optional ``torch.compile``.
 * Exact resume: a checkpoint is written atomically after every epoch. All randomness of an
   epoch (shuffle order, augmentation, any use of torch's global RNG) comes from generators
@@ -72,6 +72,19 @@ REGULARIZERS = ("l2", "loco")
 _NOT_HASHED = ("data_root", "compile", "channels_last")
 _KEY_FIELDS = ("dataset", "network", "regularizer", "seed")
 
+# torch 2.14.1 on the CPU: the backward pass of a strided 1x1 convolution in channels_last
+# corrupts the heap (segfault or "double free") with 2 threads and some batch sizes (17, the
+# last batch of a digits epoch; ResNet18's shortcuts). A crash would kill a reader's kernel,
+# and channels_last buys little on the CPU, so the CPU never uses it. Reproduction:
+CPU_CHANNELS_LAST_CRASH = """\
+import torch
+torch.set_num_threads(2)
+conv = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False).to(memory_format=torch.channels_last)
+for _ in range(5):
+    x = torch.randn(17, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_()
+    conv(x).sum().backward()
+"""
+
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -86,6 +99,8 @@ class RunConfig:
     only that many training images (a fixed subset drawn with ``data_seed``). ``amp``: bf16
     autocast on CUDA; ``amp_cpu``: also on CPU (slow on most CPUs, off by default). ``init``:
     ``"torch"`` or ``"keras"`` initialisation (:func:`locolib.models.build_model`).
+    ``channels_last``: that memory format on accelerators (GPU, MPS); the CPU always trains in
+    the contiguous format (see :data:`CPU_CHANNELS_LAST_CRASH`).
     """
 
     dataset: str
@@ -382,7 +397,8 @@ class _Run:
             x_train, y_train = x_train[idx], y_train[idx]
         mean, std = data.channel_stats()  # of the full training set (a fixed property of the data)
         self.num_classes = data.num_classes
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        fast_layout = config.channels_last and device.type != "cpu"  # CPU_CHANNELS_LAST_CRASH
+        self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format
         # The data stay uint8 on the device (4x less memory and gather traffic than float).
         self.x_train = x_train.to(device)
         self.y_train = y_train.to(device)

@@ -178,6 +178,15 @@ def test_training_learns_and_writes_a_complete_record(dirs, tmp_path):
         assert st["ring_diff_sq_sum"] == pytest.approx([float((s_cn**2).sum()), float((s_nco**2).sum())])
 
 
+def test_the_cpu_trains_in_the_contiguous_format():
+    """channels_last crashes torch's CPU backward (T.CPU_CHANNELS_LAST_CRASH); accelerators keep it."""
+    cfg = RunConfig(regularizer="l2", seed=0, **TINY)
+    assert cfg.channels_last
+    run = T._Run(cfg, torch.device("cpu"), download=False)
+    assert run.memory_format == torch.contiguous_format
+    assert all(p.is_contiguous() for p in run.model.parameters())
+
+
 def _flushing_denormals() -> bool:
     return float(torch.tensor([1e-40]) * 1.0) == 0.0
 
