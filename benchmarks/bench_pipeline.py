@@ -1,7 +1,7 @@
 """Images per second: locolib's on-device input pipeline vs a plain torchvision DataLoader.
 
 Both pipelines feed the same network, optimizer and training step (SGD + L2 via LocoDecay, bf16
-autocast on CUDA, channels_last) with the same augmentation (random crop of the 4-pixel
+autocast and channels_last on CUDA) with the same augmentation (random crop of the 4-pixel
 zero-padded image, random horizontal flip) and normalization:
 
 * locolib: the whole uint8 dataset on the device; per batch an index gather,
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from locolib.data import augment_batch, load_dataset
 from locolib.models import build_model
 from locolib.reg import LocoDecay
-from locolib.train import choose_device
+from locolib.train import choose_device, memory_format
 
 
 def sync(device: torch.device) -> None:
@@ -60,7 +60,8 @@ class OnDevice:
         idx = self.perm[self.pos:self.pos + self.batch]
         self.pos += self.batch
         xb = augment_batch(self.x[idx], self.aug)
-        xb = ((xb.float() / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        xb = (xb.float() / 255.0 - self.mean) / self.std
+        xb = xb.contiguous(memory_format=memory_format(self.device))
         return xb, self.y[idx]
 
 
@@ -105,7 +106,8 @@ class TorchvisionLoader:
 
     def __next__(self):
         xb, yb = next(self.it)
-        xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        xb = xb.to(self.device, non_blocking=True)
+        xb = xb.contiguous(memory_format=memory_format(self.device))
         return xb, yb.to(self.device, non_blocking=True)
 
 
@@ -169,7 +171,7 @@ def main(argv=None) -> None:
     mean, std = data.channel_stats()
     torch.manual_seed(0)
     model = build_model(a.network, data.num_classes, data.in_channels, width=a.width)
-    model = model.to(device=device, memory_format=torch.channels_last)
+    model = model.to(device=device, memory_format=memory_format(device))
     step = make_step(model, device)
     pipes = {
         "locolib (data on device)": OnDevice(data, device, a.batch, mean, std),

@@ -49,6 +49,7 @@ __all__ = [
     "milestone_epochs",
     "lr_at",
     "choose_device",
+    "memory_format",
     "derive_seed",
     "train",
     "result_path",
@@ -242,6 +243,13 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
+def memory_format(device: torch.device, channels_last: bool = True) -> torch.memory_format:
+    """Layout of training tensors: channels_last on accelerators if asked, else contiguous.
+
+    The CPU never uses channels_last (:data:`CPU_CHANNELS_LAST_CRASH`)."""
+    return torch.channels_last if channels_last and device.type != "cpu" else torch.contiguous_format
+
+
 @contextmanager
 def _denormals_flushed(device: torch.device):
     """On the CPU, flush denormal floats to zero inside the block; restore the caller's mode after.
@@ -397,8 +405,7 @@ class _Run:
             x_train, y_train = x_train[idx], y_train[idx]
         mean, std = data.channel_stats()  # of the full training set (a fixed property of the data)
         self.num_classes = data.num_classes
-        fast_layout = config.channels_last and device.type != "cpu"  # CPU_CHANNELS_LAST_CRASH
-        self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format
+        self.memory_format = memory_format(device, config.channels_last)
         # The data stay uint8 on the device (4x less memory and gather traffic than float).
         self.x_train = x_train.to(device)
         self.y_train = y_train.to(device)

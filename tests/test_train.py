@@ -185,6 +185,8 @@ def test_the_cpu_trains_in_the_contiguous_format():
     run = T._Run(cfg, torch.device("cpu"), download=False)
     assert run.memory_format == torch.contiguous_format
     assert all(p.is_contiguous() for p in run.model.parameters())
+    assert T.memory_format(torch.device("cuda")) == torch.channels_last
+    assert T.memory_format(torch.device("cuda"), channels_last=False) == torch.contiguous_format
 
 
 def _flushing_denormals() -> bool:
