@@ -388,23 +388,13 @@ def stats_table6_parameters(records: Sequence[Mapping[str, Any]], c: float = 1.5
     ``decimals``: round the parameters (default 4), so that the LOCO-REG runs they define get the
     same run keys when the records are recomputed with float noise (e.g. on another machine).
     """
-    from locolib.reg import modulate
+    from locolib.reg import table6_from_ratios
 
-    if eta_rule not in ("printed", "consistent"):
-        raise ValueError(f"eta_rule must be 'printed' or 'consistent', got {eta_rule!r}")
-    r_c = stats_layer_ratios(records, "n", "c", absolute)
-    r_co = stats_layer_ratios(records, "n", "co", absolute)
-    out = []
-    for l, (rc, rco) in enumerate(zip(r_c, r_co)):
-        g, a_co = modulate(rc, c), modulate(rco, c)
-        if g <= 0 or a_co <= 0:
-            raise ValueError(f"layer {l}: a(r, c={c}) <= 0 for r(I_n,I_c)={rc:.3g}, "
-                             f"r(I_n,I_co)={rco:.3g}; choose a smaller c")
-        e = 1.0 / a_co if eta_rule == "printed" else a_co
-        if decimals is not None:
-            g, e = round(g, decimals), round(e, decimals)
-        out.append((g, e))
-    return out
+    params = table6_from_ratios(stats_layer_ratios(records, "n", "c", absolute),
+                                stats_layer_ratios(records, "n", "co", absolute), c, eta_rule)
+    if decimals is None:
+        return params
+    return [(round(g, decimals), round(e, decimals)) for g, e in params]
 
 
 def table6_loco_params(records: Iterable[Mapping[str, Any]], c: float = 1.5,

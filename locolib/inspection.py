@@ -30,7 +30,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from locolib.locality import PARTS, TABLE4_PAIRS, LocalityTest, as_matrices, rings, split_halves, stars
+from locolib.locality import (TABLE4_PAIRS, LocalityTest, as_matrices, rings, split_halves, table4_cells,
+                              table4_row)
 
 __all__ = [
     "relu_names",
@@ -78,15 +79,20 @@ def feature_maps(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dic
         def hook(_module, _inputs, output, name=name):
             out[name] = output.detach().clone().cpu()
         handles.append(modules[name].register_forward_hook(hook))
+    _forward_in_eval_mode(model, x, handles)
+    return {n: out[n].contiguous() for n in names}
+
+
+def _forward_in_eval_mode(model: nn.Module, x: torch.Tensor, hooks: list) -> None:
+    """Run ``model(x)`` in eval mode for its ``hooks``; then remove them and restore the mode."""
     was_training = model.training
     model.eval()
     try:
         model(x)
     finally:
-        for h in handles:
+        for h in hooks:
             h.remove()
         model.train(was_training)
-    return {n: out[n].contiguous() for n in names}
 
 
 def neighbour_correlation(maps: torch.Tensor | np.ndarray) -> float:
@@ -260,18 +266,8 @@ def table4_row_from_stats(stats: Sequence[Mapping[str, Any]], model: str = "mode
     ``k``: use only the layers with k x k kernels (default: the kernel size of the first layer;
     required to be the only one unless given).
     """
-    layers, k = _kernel_layers(stats, k)
-    lower, upper = split_halves(layers, middle)
-    rows = []
-    for absolute in (False, True):
-        for part, subset in zip(PARTS, (layers, lower, upper)):
-            for inner, outer in pairs:
-                r = stats_locality_test(subset, inner, outer, absolute)
-                rows.append({"model": model, "absolute": absolute, "part": part,
-                             "pair": f"m({inner},{outer})", "m": r.m, "t": r.t, "p": r.p,
-                             "p_two_sided": r.p_two_sided, "stars": stars(r.p), "n": r.n,
-                             "n_layers": r.n_layers})
-    return pd.DataFrame(rows)
+    layers, _ = _kernel_layers(stats, k)
+    return table4_row(layers, model, middle, pairs, test=stats_locality_test)
 
 
 def _kernel_layers(stats: Sequence[Mapping[str, Any]], k: int | None) -> tuple[list, int]:
@@ -305,16 +301,7 @@ def table4_row_from_runs(runs: Sequence[Sequence[Mapping[str, Any]]], model: str
     parts = {"all": [e for r in runs for e in r],
              "lower": [e for lo, _ in halves for e in lo],
              "upper": [e for _, up in halves for e in up]}
-    rows = []
-    for absolute in (False, True):
-        for part in PARTS:
-            for inner, outer in pairs:
-                r = stats_locality_test(parts[part], inner, outer, absolute)
-                rows.append({"model": model, "absolute": absolute, "part": part,
-                             "pair": f"m({inner},{outer})", "m": r.m, "t": r.t, "p": r.p,
-                             "p_two_sided": r.p_two_sided, "stars": stars(r.p), "n": r.n,
-                             "n_layers": r.n_layers})
-    return pd.DataFrame(rows)
+    return table4_cells(parts, model, pairs, test=stats_locality_test)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,15 +339,7 @@ def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, in
     def record(module: nn.Module, inputs: tuple) -> None:  # must return None: keeps the input
         seen.setdefault(id(module), tuple(inputs[0].shape[-2:]))
 
-    handles = [c.register_forward_pre_hook(record) for c in convs]
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _forward_in_eval_mode(model, x, [c.register_forward_pre_hook(record) for c in convs])
     missing = [i for i, c in enumerate(convs) if id(c) not in seen]
     if missing:
         raise RuntimeError(f"spatial convolutions {missing} were not called in the forward pass")

@@ -41,7 +41,7 @@ p-values; the stars follow the one-sided one.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -291,19 +291,32 @@ def split_halves(layers: Sequence[Any],
 
 def table4_row(layers: Sequence[Any], model: str = "model",
                middle: Literal["upper", "lower"] = "upper",
-               pairs: Sequence[tuple[IndexSpec, IndexSpec]] = TABLE4_PAIRS) -> pd.DataFrame:
+               pairs: Sequence[tuple[IndexSpec, IndexSpec]] = TABLE4_PAIRS, *,
+               test: Callable[..., LocalityTest] = locality_test) -> pd.DataFrame:
     """All Table 4 cells of one model, signed and absolute, as a tidy frame.
 
     Columns: model, absolute, part (all / lower / upper), pair ("m(c,n)" ...), m, t, p,
     p_two_sided, stars, n, n_layers. ``format_table4`` turns it into the paper's layout.
+    ``test``: as in :func:`table4_cells`.
     """
     layers = list(layers)
     lower, upper = split_halves(layers, middle)
+    return table4_cells(dict(zip(PARTS, (layers, lower, upper))), model, pairs, test=test)
+
+
+def table4_cells(parts: Mapping[str, Sequence[Any]], model: str = "model",
+                 pairs: Sequence[tuple[IndexSpec, IndexSpec]] = TABLE4_PAIRS, *,
+                 test: Callable[..., LocalityTest] = locality_test) -> pd.DataFrame:
+    """:func:`table4_row`'s frame from the layers of each part (keys: ``PARTS``).
+
+    ``test(layers, inner, outer, absolute)`` tests one cell: by default :func:`locality_test` on
+    kernels; ``locolib.inspection`` passes its test on the weight statistics of training records.
+    """
     rows = []
     for absolute in (False, True):
-        for part, subset in zip(PARTS, (layers, lower, upper)):
+        for part in PARTS:
             for inner, outer in pairs:
-                r = locality_test(subset, inner, outer, absolute)
+                r = test(parts[part], inner, outer, absolute)
                 rows.append({"model": model, "absolute": absolute, "part": part,
                              "pair": f"m({r.inner},{r.outer})", "m": r.m, "t": r.t, "p": r.p,
                              "p_two_sided": r.p_two_sided, "stars": r.stars, "n": r.n,

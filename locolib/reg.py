@@ -46,6 +46,7 @@ __all__ = [
     "layer_ratios",
     "modulate",
     "table6_parameters",
+    "table6_from_ratios",
     "I_C",
     "I_N",
     "I_CO",
@@ -516,12 +517,18 @@ def table6_parameters(
 
     Raises ValueError when a(r, c) <= 0 (r < 1 - 1/c): the mask would not be positive.
     """
+    return table6_from_ratios(layer_ratios(models_or_kernels, "n", "c", absolute),
+                              layer_ratios(models_or_kernels, "n", "co", absolute), c, eta_rule)
+
+
+def table6_from_ratios(r_n_c: Sequence[float], r_n_co: Sequence[float], c: float = 1.5,
+                       eta_rule: str = "printed") -> list[tuple[float, float]]:
+    """Per-layer ``(gamma_l, eta_l)`` from the layers' ratios r(I_n, I_c) and r(I_n, I_co), by
+    the rules of :func:`table6_parameters` (which computes the ratios from kernels)."""
     if eta_rule not in ("printed", "consistent"):
         raise ValueError(f"eta_rule must be 'printed' or 'consistent', got {eta_rule!r}")
-    r_c = layer_ratios(models_or_kernels, "n", "c", absolute)
-    r_co = layer_ratios(models_or_kernels, "n", "co", absolute)
     out = []
-    for l, (rc, rco) in enumerate(zip(r_c, r_co)):
+    for l, (rc, rco) in enumerate(zip(r_n_c, r_n_co, strict=True)):
         g, a_co = modulate(rc, c), modulate(rco, c)
         if g <= 0 or a_co <= 0:
             raise ValueError(
