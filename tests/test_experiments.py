@@ -18,13 +18,7 @@ from locolib.train import RunConfig, weight_stats
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _scratch_results(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCOLIB_RESULTS", str(tmp_path / "default_results"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "scratch_results")
 
 
 # --- plan --------------------------------------------------------------------------------------

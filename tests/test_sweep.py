@@ -24,13 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=0.125, train_subset=64, batch_size=32, epochs=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCOLIB_RESULTS", str(tmp_path / "default_results"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "scratch_results")
 
 
 # --- plans and shards --------------------------------------------------------------------------

@@ -22,18 +22,11 @@ TINY = dict(dataset="digits", network="vgg13", width=0.125, train_subset=192, ba
             epochs=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    # Any default results folder would be in tmp: never the repository's results/.
-    monkeypatch.setenv("LOCOLIB_RESULTS", str(tmp_path / "default_results"))
+def dirs(tmp_path, scratch_results):
     return tmp_path / "results", tmp_path / "ck"
 
 
