@@ -30,14 +30,7 @@ import torch.nn.functional as F
 from locolib.data import augment_batch, load_dataset
 from locolib.models import build_model
 from locolib.reg import LocoDecay
-from locolib.train import choose_device, memory_format
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+from locolib.train import choose_device, memory_format, synchronize
 
 
 class OnDevice:
@@ -134,13 +127,13 @@ def make_step(model, device):
 
 def timed(pipe, n, device, step=None) -> float:
     """Seconds for n batches (and training steps if ``step``), synchronized at both ends."""
-    sync(device)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(n):
         xb, yb = next(pipe)
         if step is not None:
             step(xb, yb)
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - t
 
 

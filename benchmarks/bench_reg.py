@@ -30,13 +30,9 @@ from torch import nn
 
 from locolib.models import build_model
 from locolib.reg import LocoDecay
+from locolib.train import synchronize
 
 MODES = ("none", "l2", "loco", "loco_loss")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _setup(args, device):
@@ -82,10 +78,10 @@ def bench_steps(args, device) -> dict[str, float]:
         order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
         for mode in order:
             model, decay, opt = runs[mode]
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             _step(mode, model, decay, opt, x, y, loss_fn)
-            _sync(device)
+            synchronize(device)
             if rep >= args.warmup:
                 times[mode].append(time.perf_counter() - t0)
     return {m: statistics.median(v) for m, v in times.items()}, {m: min(v) for m, v in times.items()}
@@ -107,10 +103,10 @@ def bench_reg_only(args, device, reps: int = 200) -> dict[str, float]:
     for rep in range(reps + 10):
         order = names[rep % 3:] + names[:rep % 3]
         for name in order:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             calls[name]()
-            _sync(device)
+            synchronize(device)
             if rep >= 10:
                 times[name].append(time.perf_counter() - t0)
     return {m: statistics.median(v) for m, v in times.items()}

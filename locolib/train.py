@@ -50,6 +50,7 @@ __all__ = [
     "lr_at",
     "choose_device",
     "memory_format",
+    "synchronize",
     "derive_seed",
     "train",
     "result_path",
@@ -380,7 +381,8 @@ def _autocast(config: RunConfig, device: torch.device):
     return nullcontext()
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for timings; a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -581,14 +583,14 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
             # (seed, epoch) too, and the caller's RNG state is left untouched.
             with _fork_rng(device):
                 torch.manual_seed(derive_seed(config.seed, "torch", epoch))
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 metrics = run.train_epoch(epoch, hook, lock, inner)
-                _sync(device)
+                synchronize(device)
                 t1 = time.perf_counter()
                 metrics.update(run.evaluate())
                 metrics["penalty"] = float(run.decay.penalty().detach())
-                _sync(device)
+                synchronize(device)
                 t2 = time.perf_counter()
             if inner is not None:
                 inner.close()
