@@ -1,7 +1,7 @@
 """Images per second: locolib's on-device input pipeline vs a plain torchvision DataLoader.
 
 Both pipelines feed the same network, optimizer and training step (SGD + L2 via LocoDecay, bf16
-autocast and channels_last on CUDA) with the same augmentation (random crop of the 4-pixel
+autocast on CUDA, channels_last as in training) with the same augmentation (random crop of the 4-pixel
 zero-padded image, random horizontal flip) and normalization:
 
 * locolib: the whole uint8 dataset on the device; per batch an index gather,
@@ -36,10 +36,10 @@ from locolib.train import choose_device, memory_format, synchronize
 class OnDevice:
     """locolib's pipeline: uint8 data on the device, batched augmentation there."""
 
-    def __init__(self, data, device, batch, mean, std, seed=0):
+    def __init__(self, data, device, batch, mean, std, layout, seed=0):
         self.x, self.y = data.x_train.to(device), data.y_train.to(device)
         self.mean, self.std = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
-        self.device, self.batch = device, batch
+        self.device, self.batch, self.layout = device, batch, layout
         self.shuffle = torch.Generator().manual_seed(seed)
         self.aug = torch.Generator(device=device)
         self.aug.manual_seed(seed)
@@ -54,7 +54,7 @@ class OnDevice:
         self.pos += self.batch
         xb = augment_batch(self.x[idx], self.aug)
         xb = (xb.float() / 255.0 - self.mean) / self.std
-        xb = xb.contiguous(memory_format=memory_format(self.device))
+        xb = xb.contiguous(memory_format=self.layout)
         return xb, self.y[idx]
 
 
@@ -77,7 +77,7 @@ class PilImages(torch.utils.data.Dataset):
 
 
 class TorchvisionLoader:
-    def __init__(self, data, device, batch, mean, std, workers, seed=0):
+    def __init__(self, data, device, batch, mean, std, layout, workers, seed=0):
         from torchvision import transforms
 
         tf = transforms.Compose([
@@ -90,7 +90,7 @@ class TorchvisionLoader:
             PilImages(data.x_train, data.y_train, tf), batch_size=batch, shuffle=True,
             drop_last=True, num_workers=workers, persistent_workers=workers > 0,
             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
-        self.device = device
+        self.device, self.layout = device, layout
         self.it = self._forever()
 
     def _forever(self):
@@ -100,7 +100,7 @@ class TorchvisionLoader:
     def __next__(self):
         xb, yb = next(self.it)
         xb = xb.to(self.device, non_blocking=True)
-        xb = xb.contiguous(memory_format=memory_format(self.device))
+        xb = xb.contiguous(memory_format=self.layout)
         return xb, yb.to(self.device, non_blocking=True)
 
 
@@ -164,12 +164,13 @@ def main(argv=None) -> None:
     mean, std = data.channel_stats()
     torch.manual_seed(0)
     model = build_model(a.network, data.num_classes, data.in_channels, width=a.width)
-    model = model.to(device=device, memory_format=memory_format(device))
+    layout = memory_format(device, model)
+    model = model.to(device=device, memory_format=layout)
     step = make_step(model, device)
     pipes = {
-        "locolib (data on device)": OnDevice(data, device, a.batch, mean, std),
+        "locolib (data on device)": OnDevice(data, device, a.batch, mean, std, layout),
         f"torchvision DataLoader ({a.workers} workers)":
-            TorchvisionLoader(data, device, a.batch, mean, std, a.workers),
+            TorchvisionLoader(data, device, a.batch, mean, std, layout, a.workers),
     }
     t_all = time.perf_counter()
     for pipe in pipes.values():  # warm-up: worker start, allocator, cuDNN/oneDNN kernel choice

@@ -7,7 +7,7 @@ dense layers in both arms, biases and BatchNorm unregularized (:class:`locolib.r
 A run is a :class:`RunConfig`; :func:`train` runs it and writes a JSON record. Design points:
 
 * Fast path: the whole (uint8) dataset lives on the device; each batch is gathered, augmented
-  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last and under bf16
+  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last, under bf16
   autocast on CUDA; optional ``torch.compile``.
 * Exact resume: a checkpoint is written atomically after every epoch. All randomness of an
   epoch (shuffle order, augmentation, any use of torch's global RNG) comes from generators
@@ -74,10 +74,10 @@ REGULARIZERS = ("l2", "loco")
 _NOT_HASHED = ("data_root", "compile", "channels_last")
 _KEY_FIELDS = ("dataset", "network", "regularizer", "seed")
 
-# torch 2.14.1 on the CPU: the backward pass of a strided 1x1 convolution in channels_last
-# corrupts the heap (segfault or "double free") with 2 threads and some batch sizes (17, the
-# last batch of a digits epoch; ResNet18's shortcuts). A crash would kill a reader's kernel,
-# and channels_last buys little on the CPU, so the CPU never uses it. Reproduction:
+# torch 2.14.1 on the CPU: the backward pass of a strided 1x1 convolution (ResNet18's shortcuts)
+# in channels_last corrupts the heap (segfault or "double free") with 2 or more threads, for
+# almost every batch size above 2; 3x3 and unstrided convolutions are fine. A crash would kill a
+# reader's kernel, so such networks train in the contiguous format on the CPU. Reproduction:
 CPU_CHANNELS_LAST_CRASH = """\
 import torch
 torch.set_num_threads(2)
@@ -101,8 +101,8 @@ class RunConfig:
     only that many training images (a fixed subset drawn with ``data_seed``). ``amp``: bf16
     autocast on CUDA; ``amp_cpu``: also on CPU (slow on most CPUs, off by default). ``init``:
     ``"torch"`` or ``"keras"`` initialisation (:func:`locolib.models.build_model`).
-    ``channels_last``: that memory format on accelerators (GPU, MPS); the CPU always trains in
-    the contiguous format (see :data:`CPU_CHANNELS_LAST_CRASH`).
+    ``channels_last``: train in that memory format (see :func:`memory_format` for the one
+    exception).
     """
 
     dataset: str
@@ -244,11 +244,16 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
-def memory_format(device: torch.device, channels_last: bool = True) -> torch.memory_format:
-    """Layout of training tensors: channels_last on accelerators if asked, else contiguous.
-
-    The CPU never uses channels_last (:data:`CPU_CHANNELS_LAST_CRASH`)."""
-    return torch.channels_last if channels_last and device.type != "cpu" else torch.contiguous_format
+def memory_format(device: torch.device, model: torch.nn.Module,
+                  channels_last: bool = True) -> torch.memory_format:
+    """Layout of ``model``'s training tensors on ``device``: channels_last if asked (what cuDNN's
+    fast kernels want; on one CPU thread it makes the book's networks' steps about 1.5x faster,
+    see benchmarks/bench_layout.py), except for a network with a strided 1x1 convolution on the
+    CPU (:data:`CPU_CHANNELS_LAST_CRASH`)."""
+    crashes = device.type == "cpu" and any(
+        isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+        for m in model.modules())
+    return torch.channels_last if channels_last and not crashes else torch.contiguous_format
 
 
 @contextmanager
@@ -407,13 +412,11 @@ class _Run:
             x_train, y_train = x_train[idx], y_train[idx]
         mean, std = data.channel_stats()  # of the full training set (a fixed property of the data)
         self.num_classes = data.num_classes
-        self.memory_format = memory_format(device, config.channels_last)
         # The data stay uint8 on the device (4x less memory and gather traffic than float).
         self.x_train = x_train.to(device)
         self.y_train = y_train.to(device)
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
-        self.x_test = self._normalize(data.x_test.to(device))
         self.y_test = data.y_test.to(device)
 
         kwargs = {} if config.init == "torch" else {"init": config.init}
@@ -421,7 +424,9 @@ class _Run:
             torch.manual_seed(derive_seed(config.seed, "init"))
             model = build_model(config.network, data.num_classes, in_channels=data.in_channels,
                                 width=config.width, kernel_size=config.kernel_size, **kwargs)
+        self.memory_format = memory_format(device, model, config.channels_last)
         self.model = model.to(device=device, memory_format=self.memory_format)
+        self.x_test = self._normalize(data.x_test.to(device))
         self.decay = LocoDecay(self.model, gamma=config.gamma, eta=config.eta, lam=config.lam)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr,
                                    momentum=config.momentum, weight_decay=0.0)
