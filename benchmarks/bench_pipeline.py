@@ -1,8 +1,8 @@
 """Images per second: locolib's on-device input pipeline vs a plain torchvision DataLoader.
 
 Both pipelines feed the same network, optimizer and training step (SGD + L2 via LocoDecay, bf16
-autocast on CUDA, channels_last as in training) with the same augmentation (random crop of the 4-pixel
-zero-padded image, random horizontal flip) and normalization:
+autocast on CUDA, the memory format training uses) with the same augmentation (random crop of
+the 4-pixel zero-padded image, random horizontal flip) and normalization:
 
 * locolib: the whole uint8 dataset on the device; per batch an index gather,
   :func:`locolib.data.augment_batch` and normalization there (what :func:`locolib.train.train`
