@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from locolib.train import REGULARIZERS, RunConfig
+from locolib.config import KEY_FIELDS, REGULARIZERS, RunConfig, config_fields
 
 __all__ = [
     "SWEEP_KEYS",
@@ -63,8 +63,7 @@ __all__ = [
 #: RunConfig fields shared by all runs (gamma/eta apply to the LOCO-REG arm only).
 SWEEP_KEYS: tuple[str, ...] = (
     "datasets", "networks", "seeds", "regularizers",
-    "epochs", "width", "train_subset", "batch_size", "lr", "lam", "gamma", "eta",
-    "kernel_size", "init", "data_root", "channels_last",
+    *(name for name in config_fields() if name not in KEY_FIELDS),
 )
 _REQUIRED = ("datasets", "networks", "seeds")
 
@@ -109,10 +108,6 @@ def book_plan(
         raise TypeError("datasets and networks must be lists of names, e.g. ['digits']")
     regs = list(regularizers if regularizers is not None else s.pop("regularizers", REGULARIZERS))
     s.pop("regularizers", None)
-    if "loco" in regs and loco_params is None and s.get("gamma", 1.0) == 1.0 \
-            and s.get("eta", 1.0) == 1.0:
-        raise ValueError("the 'loco' arm with gamma = eta = 1 is standard L2: set gamma/eta "
-                         "(or pass loco_params, or leave 'loco' out of the regularizers)")
     return plan(datasets, networks, regs, seeds, loco_params=loco_params, **s)
 
 
@@ -307,7 +302,8 @@ def history_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             rows.append({"key": rec["key"], "dataset": cfg["dataset"], "network": cfg["network"],
                          "regularizer": cfg["regularizer"], "seed": cfg["seed"],
                          "epoch": h["epoch"], "lr": h["lr"], "train_loss": h["train_loss"],
-                         "train_acc": h["train_acc"], "test_error": 100.0 * h["test_error"],
+                         "train_acc": h["train_acc"],
+                         "test_error": 100.0 * h["test_error"] if "test_error" in h else np.nan,
                          "penalty": h.get("penalty")})
     return pd.DataFrame(rows, columns=["key", "dataset", "network", "regularizer", "seed", "epoch",
                                        "lr", "train_loss", "train_acc", "test_error", "penalty"])

@@ -21,13 +21,14 @@ the previous layer's C_out (64, 128, ...), as implemented here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["build_model", "MODEL_NAMES", "VGG13", "MobileNet", "ResNet18", "BasicBlock"]
+__all__ = ["build_model", "MODEL_NAMES", "NETWORKS", "NetworkSpec", "VGG13", "MobileNet", "ResNet18", "BasicBlock"]
 
-MODEL_NAMES = ("vgg13", "mobilenet", "resnet18")
 INPUT_SIZE = 32
 
 
@@ -172,6 +173,26 @@ def _keras_init_(model: nn.Module) -> None:
                     m.bias.zero_()
 
 
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A registered network: a class built as ``cls(num_classes, in_channels, width, kernel_size,
+    conv_bias, min_channels)`` for 32 x 32 inputs, and a line for readers."""
+
+    cls: Callable[..., nn.Module]
+    description: str
+
+
+#: The networks by name. Adding one is one entry here (plus a test): a module for 32 x 32 inputs
+#: with the constructor of :class:`NetworkSpec`.
+NETWORKS: dict[str, NetworkSpec] = {
+    "vgg13": NetworkSpec(VGG13, "VGG13 of Table 3: ten 3x3 convolutions with BatchNorm, one FC"),
+    "mobilenet": NetworkSpec(MobileNet, "MobileNet of Table 3: depthwise 3x3 + pointwise 1x1"),
+    "resnet18": NetworkSpec(ResNet18, "ResNet18 for 32x32 inputs (3x3 stem, no max-pool)"),
+}
+#: The built-in network names (:data:`NETWORKS` is the registry).
+MODEL_NAMES = tuple(NETWORKS)
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -182,19 +203,19 @@ def build_model(
     min_channels: int = 4,
     init: str = "torch",
 ) -> nn.Module:
-    """Build ``"vgg13"``, ``"mobilenet"`` or ``"resnet18"`` for 32 x 32 inputs (see module doc).
+    """Build a registered network (:data:`NETWORKS`) for 32 x 32 inputs (see module doc).
 
     Initialisation draws from torch's global RNG: call ``torch.manual_seed`` first for a
     reproducible model.
     """
-    classes = {"vgg13": VGG13, "mobilenet": MobileNet, "resnet18": ResNet18}
-    if name not in classes:
-        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {list(NETWORKS)} "
+                         "(or register one in locolib.models.NETWORKS)")
     if kernel_size < 3 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
-    model = classes[name](num_classes, in_channels, width, kernel_size, conv_bias, min_channels)
+    model = NETWORKS[name].cls(num_classes, in_channels, width, kernel_size, conv_bias, min_channels)
     if init == "keras":
         _keras_init_(model)
     elif init != "torch":

@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from locolib.config import config_fields
+
 __all__ = [
     "RESULTS_ENV",
     "default_results_dir",
@@ -281,8 +283,7 @@ def iter_records(results_dir: str | Path | None = None) -> Iterable[tuple[Path, 
             yield p, rec
 
 
-_CONFIG_COLUMNS = ("dataset", "network", "regularizer", "seed", "epochs", "width", "kernel_size",
-                   "lam", "gamma", "eta", "batch_size", "lr", "train_subset", "init", "amp")
+_CONFIG_COLUMNS = config_fields("column")
 
 
 def _cell(v: Any) -> Any:
@@ -358,7 +359,7 @@ def significance_stars(p: float) -> str:
 
 
 # Settings that must agree within one comparison (otherwise the two arms are not comparable).
-_PROTOCOL = ("epochs", "width", "kernel_size", "lam", "batch_size", "lr", "train_subset", "init")
+_PROTOCOL = config_fields("protocol")
 
 
 def compare(df, percent: bool = True, confidence: float = 0.95):

@@ -26,7 +26,10 @@ from typing import Any
 
 from locolib.results import (compare, default_results_dir, load_results, results_frame,
                              significance_stars)
-from locolib.train import REGULARIZERS, RunConfig, RunLocked, result_path, run_status, train
+from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
+from locolib.data import DATASETS
+from locolib.models import NETWORKS
+from locolib.train import RunLocked, result_path, run_status, train
 
 __all__ = [
     "plan",
@@ -44,13 +47,7 @@ __all__ = [
 
 
 def _names(kind: str) -> tuple[str, ...]:
-    if kind == "dataset":
-        from locolib.data import DATASET_NAMES
-
-        return tuple(DATASET_NAMES)
-    from locolib.models import MODEL_NAMES
-
-    return tuple(MODEL_NAMES)
+    return tuple(DATASETS) if kind == "dataset" else tuple(NETWORKS)
 
 
 def _check(kind: str, values: Iterable[str], allowed: Sequence[str]) -> list[str]:
@@ -88,7 +85,8 @@ def plan(
 
     ``common``: further :class:`RunConfig` fields for every run (``epochs=25``, ``width=0.5``,
     ...). ``gamma``/``eta`` in ``common`` apply to the LOCO-REG runs only (the L2 runs are
-    gamma = eta = 1 by definition). ``loco_params``: per-(dataset, network) LOCO-REG parameters
+    gamma = eta = 1 by definition); without them and without ``loco_params`` the LOCO-REG runs
+    get :data:`locolib.config.LOCO_DEFAULT`. ``loco_params``: per-(dataset, network) LOCO-REG parameters
     (e.g. Table 6's per-layer values), keys ``(dataset, network)`` or ``"dataset/network"``,
     values ``{"gamma": g, "eta": e}`` or ``(g, e)``; it overrides ``gamma``/``eta``.
     Duplicates are dropped.
@@ -100,6 +98,8 @@ def plan(
     if not seeds:
         raise ValueError("no seeds given")
     loco_common = {k: common.pop(k) for k in ("gamma", "eta") if k in common}
+    if loco_params is None and all(loco_common.get(k, 1.0) == 1.0 for k in ("gamma", "eta")):
+        loco_common = dict(LOCO_DEFAULT)
     out, seen = [], set()
     for seed, dataset, network, reg in itertools.product(seeds, datasets, networks, regularizers):
         extra = {}
@@ -241,6 +241,28 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonnegative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise ValueError(f"{text!r} is not >= 0")
+    return v
+
+
+def _nonnegative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise ValueError(f"{text!r} is not >= 0")
+    return v
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r}: expected true or false")
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -252,6 +274,20 @@ def _split(values: list[str]) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
 
 
+def _option_type(name: str):
+    """The argparse type of RunConfig field ``name``, from its default."""
+    default = field_default(name)
+    if name in ("gamma", "eta"):
+        return _arg(_per_layer, name)
+    if isinstance(default, bool):
+        return _arg(_bool, name)
+    if name == "train_subset" or isinstance(default, int):
+        return _arg(_positive_int if name not in ("pad", "data_seed") else _nonnegative_int, name)
+    if isinstance(default, float):
+        return _arg(_positive_float if name not in ("lam",) else _nonnegative_float, name)
+    return str
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="locolib-sweep",
@@ -259,41 +295,38 @@ def build_parser() -> argparse.ArgumentParser:
                     "skipped, interrupted ones resume. Several processes may share a results folder. "
                     "Exit status 0: every run of the plan has a result; 3: some are still being "
                     "trained by other processes; 2: bad arguments.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("what to run (lists: space- or comma-separated)")
-    g.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100", "fashion_mnist"])
-    g.add_argument("--networks", nargs="+", default=["vgg13", "resnet18", "mobilenet"])
-    g.add_argument("--regularizers", nargs="+", default=list(REGULARIZERS))
-    g.add_argument("--seeds", type=_arg(parse_seeds, "seeds"), default=list(range(20)),
-                   help="e.g. 0-19 (default), 7, or 0,2,5-7")
-    g.add_argument("--gamma", type=_arg(_per_layer, "gamma"), default=None,
-                   help="LOCO-REG centre weight: one number or one per spatial conv layer (a,b,...)")
-    g.add_argument("--eta", type=_arg(_per_layer, "eta"), default=None,
-                   help="LOCO-REG corner weight: one number or one per spatial conv layer")
+    g.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100", "fashion_mnist"],
+                   help=f"choices: {', '.join(DATASETS)}")
+    g.add_argument("--networks", nargs="+", default=["vgg13", "resnet18", "mobilenet"],
+                   help=f"choices: {', '.join(NETWORKS)}")
+    g.add_argument("--regularizers", nargs="+", default=list(REGULARIZERS),
+                   help=f"choices: {', '.join(REGULARIZERS)}")
+    g.add_argument("--seeds", type=_arg(parse_seeds, "seeds"), default="0-19",
+                   help="e.g. 0-19, 7, or 0,2,5-7")
     g.add_argument("--loco-params", type=Path, default=None,
                    help='JSON {"dataset/network": {"gamma": ..., "eta": ...}} (e.g. Table 6 values)')
     g.add_argument("--shard", type=_arg(parse_shard, "shard"), default=None,
                    help="i/n: run only part i of n (1-based) of the plan")
-    g = p.add_argument_group("protocol (defaults: the paper's)")
-    g.add_argument("--epochs", type=_arg(_positive_int, "epochs"), default=250)
-    g.add_argument("--width", type=_arg(_positive_float, "width"), default=1.0)
-    g.add_argument("--kernel-size", type=int, default=3, choices=[3, 5, 7])
-    g.add_argument("--batch-size", type=_arg(_positive_int, "batch size"), default=128)
-    g.add_argument("--lr", type=_arg(_positive_float, "lr"), default=0.1)
-    g.add_argument("--lam", type=float, default=5e-4)
-    g.add_argument("--train-subset", type=_arg(_positive_int, "train subset"), default=None)
-    g.add_argument("--init", choices=["torch", "keras"], default="torch")
+    g = p.add_argument_group("protocol: RunConfig fields (defaults: the paper's)")
+    for name in config_fields("cli"):
+        info = field_info(name)
+        default = field_default(name)
+        if name == "data_root":
+            continue  # in "where and how"
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_option_type(name),
+                       default=default, choices=info["choices"], help=info["help"],
+                       metavar=None if info["choices"] else name.upper())
     g = p.add_argument_group("where and how")
     g.add_argument("--results", type=Path, default=None,
                    help="results folder (default: the repository's results/ or $LOCOLIB_RESULTS)")
     g.add_argument("--checkpoints", type=Path, default=None, help="default: <results>/checkpoints")
     g.add_argument("--models", type=Path, default=None, help="also save final weights here")
-    g.add_argument("--data-root", default="data")
+    g.add_argument("--data-root", default=field_default("data_root"), help=field_info("data_root")["help"])
     g.add_argument("--no-download", action="store_true", help="never download datasets")
     g.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: best available)")
-    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--no-channels-last", action="store_true")
     g.add_argument("--threads", type=_arg(_positive_int, "threads"), default=None,
                    help="torch CPU threads")
     g.add_argument("--stale-after", type=_arg(_positive_float, "seconds"), default=900.0,
@@ -308,11 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    common: dict[str, Any] = dict(
-        epochs=a.epochs, width=a.width, kernel_size=a.kernel_size, batch_size=a.batch_size,
-        lr=a.lr, lam=a.lam, train_subset=a.train_subset, init=a.init, data_root=a.data_root,
-        amp=not a.no_amp, compile=a.compile, channels_last=not a.no_channels_last,
-    )
+    # Fields left at their defaults stay out, so that gamma/eta reach only the LOCO-REG arm.
+    common: dict[str, Any] = {name: getattr(a, name) for name in (*config_fields("cli"),)
+                              if getattr(a, name) != field_default(name)}
     regs = _split(a.regularizers)
     loco_params = None
     if a.loco_params is not None:
@@ -320,14 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             loco_params = json.loads(a.loco_params.read_text())
         except (OSError, ValueError) as err:
             parser.error(f"--loco-params {a.loco_params}: {err}")
-    if a.gamma is not None:
-        common["gamma"] = a.gamma
-    if a.eta is not None:
-        common["eta"] = a.eta
-    if "loco" in regs and loco_params is None and common.get("gamma", 1.0) == 1.0 \
-            and common.get("eta", 1.0) == 1.0:
-        parser.error("LOCO-REG with gamma = eta = 1 is standard L2: give --gamma/--eta or "
-                     "--loco-params (or drop 'loco' from --regularizers)")
     try:
         configs = plan(_split(a.datasets), _split(a.networks), regs, a.seeds,
                        loco_params=loco_params, **common)

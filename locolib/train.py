@@ -22,22 +22,20 @@ w += v``. The two agree while lr is constant and differ only briefly after each 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from locolib.config import (PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION,
+                             RunConfig)
 from locolib.io import atomic_write_bytes, read_json, write_json
 from locolib.results import RECORD_FORMAT, RunLock, RunLocked, default_results_dir, provenance
 
@@ -61,19 +59,6 @@ __all__ = [
     "weight_stats",
 ]
 
-PerLayer = Union[float, tuple[float, ...]]
-
-PAPER_EPOCHS = 250
-PAPER_MILESTONE_EPOCHS = (70, 140, 190, 230, 245)
-#: The paper's decay epochs as fractions of its 250 epochs.
-PAPER_MILESTONES: tuple[float, ...] = tuple(e / PAPER_EPOCHS for e in PAPER_MILESTONE_EPOCHS)
-REGULARIZERS = ("l2", "loco")
-
-# Fields that do not change what is computed (only where data is read from, or how fast):
-# left out of the key's hash so that, e.g., a compiled run counts as the same run.
-_NOT_HASHED = ("data_root", "compile", "channels_last")
-_KEY_FIELDS = ("dataset", "network", "regularizer", "seed")
-
 # torch 2.14.1 on the CPU: the backward pass of a strided 1x1 convolution (ResNet18's shortcuts)
 # in channels_last corrupts the heap (segfault or "double free") with 2 or more threads, for
 # almost every batch size above 2; 3x3 and unstrided convolutions are fine. A crash would kill a
@@ -86,112 +71,6 @@ for _ in range(5):
     x = torch.randn(17, 8, 32, 32).to(memory_format=torch.channels_last).requires_grad_()
     conv(x).sum().backward()
 """
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines one training run (defaults: the paper's protocol).
-
-    ``gamma``/``eta``: LOCO-REG parameters, floats or one value per spatial convolution in
-    module order (Table 6); must be 1 for ``regularizer="l2"``. ``milestones``: learning-rate
-    decay points as fractions of ``epochs`` (see :func:`milestone_epochs`). ``train_subset``: use
-    only that many training images (a fixed subset drawn with ``data_seed``). ``amp``: bf16
-    autocast on CUDA; ``amp_cpu``: also on CPU (slow on most CPUs, off by default). ``init``:
-    ``"torch"`` or ``"keras"`` initialisation (:func:`locolib.models.build_model`).
-    ``channels_last``: train in that memory format (see :func:`memory_format` for the one
-    exception).
-    """
-
-    dataset: str
-    network: str
-    regularizer: str
-    seed: int
-    gamma: PerLayer = 1.0
-    eta: PerLayer = 1.0
-    lam: float = 5e-4
-    epochs: int = PAPER_EPOCHS
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    lr_decay: float = 0.316
-    milestones: tuple[float, ...] = PAPER_MILESTONES
-    width: float = 1.0
-    kernel_size: int = 3
-    init: str = "torch"
-    flip: bool = True
-    pad: int = 4
-    train_subset: int | None = None
-    data_seed: int = 0
-    amp: bool = True
-    amp_cpu: bool = False
-    compile: bool = False
-    channels_last: bool = True
-    data_root: str = "data"
-
-    def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if self.regularizer not in REGULARIZERS:
-            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
-        for name in ("seed", "epochs", "batch_size", "kernel_size", "pad", "data_seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            set_(name, int(v))
-        if self.seed < 0 or self.data_seed < 0:
-            raise ValueError("seed and data_seed must be >= 0")
-        if self.epochs < 1 or self.batch_size < 1 or self.pad < 0:
-            raise ValueError("epochs and batch_size must be >= 1, pad >= 0")
-        for name in ("lam", "lr", "momentum", "lr_decay", "width"):
-            set_(name, float(getattr(self, name)))
-        if not self.width > 0 or not self.lr > 0 or self.lam < 0:
-            raise ValueError("width and lr must be > 0, lam >= 0")
-        for name in ("gamma", "eta"):
-            v = getattr(self, name)
-            v = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
-            if any(not (x > 0 and math.isfinite(x)) for x in (v if isinstance(v, tuple) else (v,))):
-                raise ValueError(f"{name} must be positive and finite, got {v}")
-            set_(name, v)
-        if self.regularizer == "l2" and (self.gamma != 1.0 or self.eta != 1.0):
-            raise ValueError("regularizer='l2' is gamma = eta = 1; use regularizer='loco' for others")
-        ms = tuple(float(m) for m in self.milestones)
-        if any(not 0 < m <= 1 for m in ms) or list(ms) != sorted(ms):
-            raise ValueError(f"milestones must be increasing fractions in (0, 1], got {ms}")
-        set_("milestones", ms)
-        if self.train_subset is not None:
-            if int(self.train_subset) < 1:
-                raise ValueError("train_subset must be >= 1 or None")
-            set_("train_subset", int(self.train_subset))
-        set_("data_root", str(self.data_root))
-
-    # -- identity ---------------------------------------------------------------------------
-    @property
-    def key(self) -> str:
-        """``<dataset>-<network>-<regularizer>-s<seed>-<hash>``; the hash (10 hex digits of
-        SHA-256) covers every other field that changes the result (all but data_root, compile and
-        channels_last), so e.g. a 25-epoch run never collides with a 250-epoch one."""
-        rest = {k: v for k, v in self.to_dict().items() if k not in _KEY_FIELDS + _NOT_HASHED}
-        blob = json.dumps(rest, sort_keys=True, separators=(",", ":"))
-        h = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        return f"{self.dataset}-{self.network}-{self.regularizer}-s{self.seed}-{h}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown RunConfig fields {sorted(unknown)} (newer locolib?)")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,7 +472,8 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
                 metrics = run.train_epoch(epoch, hook, lock, inner)
                 synchronize(device)
                 t1 = time.perf_counter()
-                metrics.update(run.evaluate())
+                if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                    metrics.update(run.evaluate())
                 metrics["penalty"] = float(run.decay.penalty().detach())
                 synchronize(device)
                 t2 = time.perf_counter()
@@ -605,7 +485,7 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
             elapsed += t2 - t0
             _save_checkpoint(ckpath, config, run, epoch + 1, history, elapsed, segments)
             lock.heartbeat(force=True)
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", test_err=f"{metrics['test_error']:.4f}",
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", train_acc=f"{metrics['train_acc']:.3f}",
                             lr=f"{metrics['lr']:.3g}")
             bar.update(1)
             if hook is not None:
@@ -647,6 +527,7 @@ def _record(config: RunConfig, run: _Run, history: list, elapsed: float, setup_s
                                           "test_error")}
     rec = {
         "format": RECORD_FORMAT,
+        "training_version": TRAINING_VERSION,
         "key": config.key,
         "config": config.to_dict(),
         "history": history,
@@ -664,6 +545,8 @@ def _record(config: RunConfig, run: _Run, history: list, elapsed: float, setup_s
         "n_test": len(run.y_test),
         "num_classes": run.num_classes,
         "num_params": sum(p.numel() for p in run.model.parameters()),
+        "memory_format": str(run.memory_format).removeprefix("torch."),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "milestones": list(milestone_epochs(config.epochs, config.milestones)),
         "weight_stats": weight_stats(run.model),
     }

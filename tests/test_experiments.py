@@ -13,6 +13,7 @@ from scipy import stats
 from locolib import experiments as E
 from locolib.models import build_model
 from locolib.reg import layer_ratios, table6_parameters
+from locolib.config import LOCO_DEFAULT
 from locolib.train import RunConfig, weight_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,10 @@ def test_book_plan_rejects_bad_settings():
         E.book_plan({**ok, "epoch": 3})
     with pytest.raises(ValueError, match="need \\['seeds'\\]"):
         E.book_plan({k: v for k, v in ok.items() if k != "seeds"})
-    with pytest.raises(ValueError, match="standard L2"):
-        E.book_plan({k: v for k, v in ok.items() if k != "gamma"})
+    # A LOCO-REG arm without parameters gets the documented default.
+    loco = [c for c in E.book_plan({k: v for k, v in ok.items() if k != "gamma"})
+            if c.regularizer == "loco"]
+    assert {(c.gamma, c.eta) for c in loco} == {(LOCO_DEFAULT["gamma"], LOCO_DEFAULT["eta"])}
     with pytest.raises(ValueError, match="at least one seed"):
         E.book_plan({**ok, "seeds": 0})
     with pytest.raises(TypeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import locolib.config as config
 import locolib.io
 import locolib.train as T
+from locolib.config import config_field
 from locolib.results import RunLock, RunLocked, default_results_dir
 from locolib.train import RunConfig, checkpoint_path, lr_at, milestone_epochs, result_path, train
 
@@ -94,14 +97,33 @@ def test_config_validation_and_roundtrip():
 def test_key_is_stable_and_covers_what_changes_results():
     cfg = RunConfig("cifar10", "vgg13", "l2", 0)
     # Pinned: changing the key format would orphan every stored result.
-    assert cfg.key == "cifar10-vgg13-l2-s0-32d7e1edb1"
+    assert cfg.key == "cifar10-vgg13-l2-s0-732322c128"
     assert cfg.key == RunConfig("cifar10", "vgg13", "l2", 0, lam=0.0005, width=1).key
     assert cfg.key != cfg.replace(epochs=25).key
     assert cfg.key != cfg.replace(seed=1).key
     assert cfg.key != RunConfig("cifar10", "vgg13", "loco", 0, gamma=0.9).key
     assert cfg.key != RunConfig("cifar10", "vgg13", "loco", 0, gamma=0.9, eta=1.1).key
-    # Where the data are read from and how fast it runs do not make a different run.
-    assert cfg.key == cfg.replace(data_root="/elsewhere", compile=True, channels_last=False).key
+    # Where the data are read from, compiling and how often it evaluates do not make a
+    # different run; the memory format changes CPU numbers, so it does.
+    assert cfg.key == cfg.replace(data_root="/elsewhere", compile=True, eval_every=5).key
+    assert cfg.key != cfg.replace(channels_last=False).key
+
+
+def test_a_new_field_with_a_default_leaves_every_key_unchanged():
+    extended = dataclasses.make_dataclass(
+        "Extended", [("dropout", float, config_field(0.0, "dropout rate"))],
+        bases=(RunConfig,), frozen=True)
+    cfg = RunConfig("cifar10", "vgg13", "loco", 3, gamma=0.5, epochs=20)
+    same = extended("cifar10", "vgg13", "loco", 3, gamma=0.5, epochs=20)
+    assert same.key == cfg.key
+    assert extended("cifar10", "vgg13", "loco", 3, gamma=0.5, epochs=20, dropout=0.1).key != cfg.key
+
+
+def test_the_training_version_enters_every_key(monkeypatch):
+    cfg = RunConfig("digits", "vgg13", "l2", 0)
+    before = cfg.key
+    monkeypatch.setattr(config, "TRAINING_VERSION", config.TRAINING_VERSION + 1)
+    assert cfg.key != before
 
 
 def test_default_results_dir(tmp_path, monkeypatch):
