@@ -46,6 +46,9 @@ __all__ = [
     "REGULARIZERS",
     "milestone_epochs",
     "lr_at",
+    "regularization_dose",
+    "dose_matched_lam",
+    "paper_dose",
     "choose_device",
     "memory_format",
     "synchronize",
@@ -91,6 +94,26 @@ def lr_at(config: RunConfig, epoch: int) -> float:
     """Learning rate used throughout 0-based ``epoch``: ``lr * lr_decay ** #(milestones <= epoch)``."""
     k = sum(1 for m in milestone_epochs(config.epochs, config.milestones) if m <= epoch)
     return config.lr * config.lr_decay**k
+
+
+def regularization_dose(config: RunConfig, n_train: int) -> float:
+    """How far the regularizer moves the weights over a whole run: ``2 * lam * sum(lr over all
+    steps) / (1 - momentum)``, the exponent of the total shrinkage that the L2 gradient alone
+    would apply (momentum amplifies each step by 1 / (1 - momentum)). The paper's protocol on
+    CIFAR's 50,000 training images gives about 38.5; short runs on small data give far less."""
+    steps = math.ceil((config.train_subset or n_train) / config.batch_size)
+    lr_sum = steps * sum(lr_at(config, e) for e in range(config.epochs))
+    return 2.0 * config.lam * lr_sum / (1.0 - config.momentum)
+
+
+def paper_dose() -> float:
+    """The dose of the paper's protocol (250 epochs on CIFAR's 50,000 training images): 38.5."""
+    return regularization_dose(RunConfig("cifar10", "vgg13", "l2", 0), 50_000)
+
+
+def dose_matched_lam(config: RunConfig, n_train: int, dose: float) -> float:
+    """The ``lam`` that gives ``config`` (on ``n_train`` images) the regularization ``dose``."""
+    return config.lam * dose / regularization_dose(config, n_train)
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
@@ -351,19 +374,24 @@ class _Run:
         return {"lr": lr, "train_loss": float(loss_sum) / n, "train_acc": int(correct) / n}
 
     @torch.no_grad()
-    def evaluate(self, batch_size: int = 1000) -> dict:
+    def evaluate(self, batch_size: int = 1000, split: str = "test") -> dict:
+        """Loss, accuracy and error on the test set, or on the (unaugmented) training set."""
         self.model.eval()
-        dev, n = self.device, len(self.y_test)
+        dev = self.device
+        x_all, y_all = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        n = len(y_all)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.int64)
         for start in range(0, n, batch_size):
-            xb, yb = self.x_test[start:start + batch_size], self.y_test[start:start + batch_size]
+            xb, yb = x_all[start:start + batch_size], y_all[start:start + batch_size]
+            if xb.dtype == torch.uint8:
+                xb = self._normalize(xb)
             with _autocast(self.config, dev):
                 logits = self.forward(xb).float()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(1) == yb).sum()
         acc = int(correct) / n
-        return {"test_loss": float(loss_sum) / n, "test_acc": acc, "test_error": 1.0 - acc}
+        return {f"{split}_loss": float(loss_sum) / n, f"{split}_acc": acc, f"{split}_error": 1.0 - acc}
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int) -> torch.Tensor:
@@ -525,6 +553,9 @@ def _record(config: RunConfig, run: _Run, history: list, elapsed: float, setup_s
     eval_s = sum(h["eval_s"] for h in history)
     final = {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc",
                                           "test_error")}
+    # The running train_acc above is measured on augmented batches while the weights change;
+    # this is the final network's accuracy on the training images themselves.
+    final.update({f"clean_{k}": v for k, v in run.evaluate(split="train").items()})
     rec = {
         "format": RECORD_FORMAT,
         "training_version": TRAINING_VERSION,

@@ -1,0 +1,207 @@
+"""The book's training study, defined once per profile: every run that chapters 04-07 use.
+
+A study is a list of :class:`Arm` s. An arm is one network trained with one regularizer setting
+over a list of seeds; most arms name a ``reference`` arm (same network, same seeds) that they
+are compared with pair by pair: both arms of a pair share initialisation, batch order and
+augmentation, so their difference is the regularizer's effect plus training noise.
+
+The default profile (offline, 2 CPU cores, about an hour) trains on ``mnist5k`` (1,000
+training and 4,000 test images of real MNIST):
+
+* Table 5: standard L2 against LOCO-REG at the paper's ``lam`` for VGG13, MobileNet and
+  ResNet18;
+* the dose: the paper's 250 epochs on 50,000 images move the weights much further than a short
+  run on 1,000 (:func:`locolib.train.regularization_dose`), so VGG13 is also trained at the
+  ``lam`` that matches the paper's dose;
+* positive controls (VGG13, at the dose-matched ``lam``): strong locality, strong
+  anti-locality, and L2 at ten times the paper's ``lam``: effects the design must detect;
+* Table 6: layer-wise parameters from L2 runs on seeds disjoint from the evaluated ones, and
+  LOCO-REG trained with every modulation factor c of the paper.
+
+``python -m locolib.plans default`` trains a profile (run it in two shells at once to use two
+cores: runs are claimed with lock files); the chapters read the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from locolib.config import RunConfig
+from locolib.data import dataset_spec
+from locolib.experiments import table6_loco_params
+from locolib.sweep import run_sweep
+from locolib.train import dose_matched_lam, paper_dose
+
+__all__ = ["Arm", "Study", "STUDIES", "study", "run_study", "main"]
+
+PAPER_LAM = 5e-4
+#: The book's fixed LOCO-REG: centre regularized half, corners twice as strongly as the edges.
+FIXED_LOCO = {"gamma": 0.5, "eta": 2.0}
+#: Positive controls: ten times more (or less) regularization at the centre than at the corners.
+STRONG_LOCALITY = {"gamma": 0.1, "eta": 10.0}
+STRONG_ANTI_LOCALITY = {"gamma": 10.0, "eta": 0.1}
+TABLE6_CS = (0.5, 1.0, 1.5, 2.5)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: ``network`` trained with ``regularizer`` and ``fields`` over ``seeds``."""
+
+    name: str
+    network: str
+    regularizer: str
+    seeds: tuple[int, ...]
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    reference: str | None = None  # the arm it is compared with, pair by pair
+    purpose: str = ""
+
+    def configs(self, dataset: str, protocol: Mapping[str, Any]) -> list[RunConfig]:
+        return [RunConfig(dataset, self.network, self.regularizer, s, **{**protocol, **self.fields})
+                for s in self.seeds]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A profile's study: the dataset, the protocol shared by every run, and the arms."""
+
+    profile: str
+    dataset: str
+    protocol: Mapping[str, Any]
+    arms: tuple[Arm, ...]
+    parameter_arm: Arm  # L2 runs on disjoint seeds, only to derive Table 6's parameters
+    table6_network: str
+    table6_seeds: tuple[int, ...]
+    cs: tuple[float, ...] = TABLE6_CS
+
+    def configs(self, arms: Iterable[Arm] | None = None) -> list[RunConfig]:
+        """The runs of ``arms`` (default: every arm but Table 6's), seed-major: a sweep stopped
+        half-way has complete pairs."""
+        arms = list(self.arms if arms is None else arms)
+        per_arm = [a.configs(self.dataset, self.protocol) for a in arms]
+        out, seen = [], set()
+        for i in range(max(len(c) for c in per_arm)):
+            for runs in per_arm:
+                if i < len(runs) and runs[i].key not in seen:
+                    seen.add(runs[i].key)
+                    out.append(runs[i])
+        return out
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(f"no arm {name!r}; arms: {[a.name for a in self.arms]}")
+
+    def table6_arms(self, parameter_records: Sequence[Mapping[str, Any]]) -> list[Arm]:
+        """LOCO-REG with Table 6's layer-wise parameters for every c, from the records of
+        :attr:`parameter_arm`, compared with the L2 arm of the same network."""
+        cell = f"{self.dataset}/{self.table6_network}"
+        arms = []
+        for c in self.cs:
+            p = table6_loco_params(parameter_records, c=c)[cell]
+            arms.append(Arm(f"table6_c{c:g}", self.table6_network, "loco", self.table6_seeds,
+                            {"gamma": p["gamma"], "eta": p["eta"]},
+                            reference=f"l2/{self.table6_network}", purpose="Table 6"))
+        return arms
+
+
+def _arms(networks: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, int], dose: Sequence[str],
+          controls: int, protocol: Mapping[str, Any], dataset: str) -> list[Arm]:
+    arms: list[Arm] = []
+    n_train = dataset_spec(dataset).n_train
+    for net, extra in networks.items():
+        seeds = tuple(range(pairs[net]))
+        arms += [Arm(f"l2/{net}", net, "l2", seeds, dict(extra), purpose="Table 5"),
+                 Arm(f"loco/{net}", net, "loco", seeds, {**extra, **FIXED_LOCO},
+                     reference=f"l2/{net}", purpose="Table 5")]
+        if net not in dose:
+            continue
+        lam = round(dose_matched_lam(RunConfig(dataset, net, "l2", 0, **{**protocol, **extra}),
+                                     protocol.get("train_subset") or n_train, paper_dose()), 4)
+        dosed = {**extra, "lam": lam}
+        arms += [Arm(f"l2_dose/{net}", net, "l2", seeds, dosed, purpose="dose"),
+                 Arm(f"loco_dose/{net}", net, "loco", seeds, {**dosed, **FIXED_LOCO},
+                     reference=f"l2_dose/{net}", purpose="dose")]
+        cseeds = seeds[:controls]
+        arms += [Arm(f"strong_locality/{net}", net, "loco", cseeds, {**dosed, **STRONG_LOCALITY},
+                     reference=f"l2_dose/{net}", purpose="positive control"),
+                 Arm(f"strong_anti_locality/{net}", net, "loco", cseeds,
+                     {**dosed, **STRONG_ANTI_LOCALITY}, reference=f"l2_dose/{net}",
+                     purpose="positive control"),
+                 Arm(f"l2_x10/{net}", net, "l2", cseeds, {**extra, "lam": 10 * PAPER_LAM},
+                     reference=f"l2/{net}", purpose="positive control")]
+    return arms
+
+
+def _study(profile: str, dataset: str, protocol: Mapping[str, Any],
+           networks: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, int],
+           dose: Sequence[str], controls: int, table6_pairs: int, parameter_runs: int) -> Study:
+    net = "vgg13"
+    extra = dict(networks[net])
+    return Study(
+        profile, dataset, dict(protocol),
+        tuple(_arms(networks, pairs, dose, controls, protocol, dataset)),
+        # Seeds from 1000 on: disjoint from every evaluated seed.
+        Arm(f"l2_parameters/{net}", net, "l2", tuple(range(1000, 1000 + parameter_runs)), extra,
+            purpose="Table 6 parameters"),
+        net, tuple(range(table6_pairs)))
+
+
+_OFFLINE = dict(epochs=30, batch_size=64, lr=0.1, width=0.125, flip=False, pad=2, eval_every=10)
+
+#: The study of each profile (chapters 04-07 take theirs from here).
+STUDIES: dict[str, Study] = {
+    # Seconds on a CPU: the chapters' code paths, not evidence.
+    "smoke": _study("smoke", "digits", {**_OFFLINE, "epochs": 2, "train_subset": 256,
+                                        "eval_every": 1},
+                    {"vgg13": {}, "mobilenet": {}, "resnet18": {"width": 0.0625}},
+                    {"vgg13": 2, "mobilenet": 2, "resnet18": 2}, ("vgg13",), 2, 2, 2),
+    # About an hour on 2 CPU cores (two processes), offline.
+    "default": _study("default", "mnist5k", _OFFLINE,
+                      {"vgg13": {}, "mobilenet": {}, "resnet18": {"width": 0.0625}},
+                      {"vgg13": 20, "mobilenet": 20, "resnet18": 12}, ("vgg13",), 10, 10, 10),
+}
+
+
+def study(profile: str) -> Study:
+    """The study of ``profile`` (a key of :data:`STUDIES`)."""
+    if profile not in STUDIES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {list(STUDIES)}")
+    return STUDIES[profile]
+
+
+def run_study(profile: str, results_dir: str | Path | None = None, **sweep: Any) -> list[Arm]:
+    """Train every run of ``profile``'s study that has no record yet (Table 6's parameter runs
+    first: its LOCO-REG arms depend on them) and return all arms, Table 6's included.
+    ``sweep``: keyword arguments of :func:`locolib.sweep.run_sweep` (device, progress, ...)."""
+    s = study(profile)
+    params = run_sweep(s.configs([s.parameter_arm]), results_dir, wait=True, **sweep)
+    arms = [*s.arms, *s.table6_arms(params)]
+    run_sweep(s.configs(arms), results_dir, wait=True, **sweep)
+    return arms
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m locolib.plans",
+                                description="Train the book's study of one profile.")
+    p.add_argument("profile", choices=list(STUDIES))
+    p.add_argument("--results", type=Path, default=None, help="results folder")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    arms = run_study(a.profile, a.results, progress=not a.quiet,
+                     log=None if a.quiet else print)
+    print(f"{a.profile}: {sum(len(x.seeds) for x in arms)} runs in {len(arms)} arms have records")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
