@@ -49,6 +49,7 @@ __all__ = [
     "arm_summary",
     "history_frame",
     "stats_layer_ratios",
+    "per_model_ratios",
     "table6_frame",
     "stats_table6_parameters",
     "table6_loco_params",
@@ -348,6 +349,22 @@ def stats_layer_ratios(records: Sequence[Mapping[str, Any]], I: str, I2: str,
             rs.append(_region_sum(s[l], I, absolute) / den)
         out.append(sum(rs) / len(rs))
     return out
+
+
+def per_model_ratios(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Each record's own Table 6 ratios (chapter 06, Figure 1): one row per (record, reading,
+    ratio, layer) with dataset, network, seed, reading ("signed"/"absolute"), ratio ("r_n_c" or
+    "r_n_co"), layer (1-based) and r; the paper's r is their mean over records."""
+    rows = []
+    for rec in records:
+        cfg = rec["config"]
+        for absolute in (False, True):
+            for name, (I, I2) in {"r_n_c": ("n", "c"), "r_n_co": ("n", "co")}.items():
+                for layer, r in enumerate(stats_layer_ratios([rec], I, I2, absolute), start=1):
+                    rows.append({"dataset": cfg["dataset"], "network": cfg["network"], "seed": cfg["seed"],
+                                 "reading": "absolute" if absolute else "signed", "ratio": name,
+                                 "layer": layer, "r": r})
+    return pd.DataFrame(rows)
 
 
 def table6_frame(records: Sequence[Mapping[str, Any]], cs: Sequence[float] = (0.5, 1.0, 1.5, 2.5),

@@ -168,3 +168,36 @@ def test_augment_rejects_bad_input():
         augment_batch(torch.zeros(3, 32, 32), torch.Generator())
     with pytest.raises(ValueError, match="pad"):
         augment_batch(torch.zeros(1, 3, 32, 32), torch.Generator(), pad=-1)
+
+
+def test_mnist5k_is_a_fixed_stratified_low_data_split():
+    from locolib.data import MNIST5K_TRAIN, dataset_spec
+
+    d = load_dataset("mnist5k")
+    assert d.x_train.shape == (MNIST5K_TRAIN, 1, 32, 32) and d.x_test.shape == (4000, 1, 32, 32)
+    assert d.x_train.dtype == torch.uint8 and d.num_classes == 10
+    assert torch.bincount(d.y_train).tolist() == [100] * 10, "100 training images per class"
+    assert torch.bincount(d.y_test).tolist() == [400] * 10
+    # 28 x 28 digits zero-padded by 2 pixels: the border is empty, the digits are not resized
+    assert d.x_train[..., :2, :].max() == 0 and d.x_train[..., -2:].max() == 0
+    again = load_dataset("mnist5k")
+    assert torch.equal(again.x_test, d.x_test) and torch.equal(again.y_train, d.y_train)
+    other = load_dataset("mnist5k", seed=1)
+    assert not torch.equal(other.y_train, d.y_train) or not torch.equal(other.x_train, d.x_train)
+    spec = dataset_spec("mnist5k")
+    assert (spec.n_train, spec.n_test, spec.channels, spec.offline, spec.flip) == (1000, 4000, 1, True, False)
+
+
+def test_a_registered_dataset_is_one_entry(monkeypatch):
+    from locolib import data as D
+
+    def toy(root, download, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, 256, (20, 1, 32, 32), generator=g, dtype=torch.uint8)
+        y = torch.arange(20) % 2
+        return D.ImageData("toy", x[:12], y[:12], x[12:], y[12:], 2)
+
+    monkeypatch.setitem(D.DATASETS, "toy", D.DatasetSpec(toy, 2, 1, 12, 8, "random pixels", offline=True))
+    assert load_dataset("toy").x_test.shape == (8, 1, 32, 32)
+    with pytest.raises(ValueError, match="unknown dataset 'toys'.*register one"):
+        load_dataset("toys")

@@ -144,3 +144,22 @@ def test_keras_init_bounds():
     dw = m.features[1][0]  # Keras DepthwiseConv2D fans: 9 * C and 9
     assert dw.weight.abs().max() <= math.sqrt(6 / (9 * 64 + 9))
     assert dw.weight.abs().max() > 0.9 * math.sqrt(6 / (9 * 64 + 9))
+
+
+def test_a_registered_network_is_one_entry(monkeypatch):
+    from locolib import models as M
+
+    class Tiny(nn.Module):
+        def __init__(self, num_classes, in_channels, width, kernel_size, conv_bias, min_channels):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, 4, kernel_size, padding=kernel_size // 2, bias=conv_bias)
+            self.fc = nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+    monkeypatch.setitem(M.NETWORKS, "tiny", M.NetworkSpec(Tiny, "one convolution"))
+    model = build_model("tiny", 3, in_channels=1)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="unknown network 'tinier'.*register one"):
+        build_model("tinier", 3)

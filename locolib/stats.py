@@ -1,0 +1,122 @@
+"""Statistics of comparisons between training arms (chapters 05 and 06).
+
+Two arms that share seeds share initialisation, batch order and augmentation, so they are
+compared pair by pair (:func:`paired`): the paired t-test and the Wilcoxon signed-rank test, the
+confidence interval of the mean paired difference (in percentage points and relative to the
+reference arm's error), Welch's unpaired test beside it (what the paper's Table 5 reports), the
+smallest effect the design detects (:func:`minimum_detectable_effect`), and the equivalence
+bound: the smallest symmetric relative margin that two one-sided tests (TOST) reject at level
+alpha, i.e. how large an effect the data rule out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict"]
+
+
+def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """The smallest true mean paired difference that a two-sided paired t-test at level
+    ``alpha`` detects with probability ``power``, given the standard deviation of the paired
+    differences (normal approximation with the t quantiles of n - 1 degrees of freedom)."""
+    if n < 2:
+        return math.nan
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_diff / math.sqrt(n))
+
+
+def welch(arm: Sequence[float], reference: Sequence[float], confidence: float = 0.95) -> dict:
+    """Welch's unpaired t-test of ``mean(arm) - mean(reference)``: t, dof, two- and one-sided p
+    (alternative: arm lower) and the ``confidence`` interval of the difference."""
+    a, b = np.asarray(arm, float), np.asarray(reference, float)
+    if len(a) < 2 or len(b) < 2 or a.var(ddof=1) + b.var(ddof=1) == 0:
+        return dict(t=math.nan, dof=math.nan, p_two_sided=math.nan, p_one_sided=math.nan,
+                    ci_low=math.nan, ci_high=math.nan)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    one = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+    ci = res.confidence_interval(confidence)
+    return dict(t=float(res.statistic), dof=float(res.df), p_two_sided=float(res.pvalue),
+                p_one_sided=float(one.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
+
+
+def paired(arm: Sequence[float], reference: Sequence[float], confidence: float = 0.95,
+           alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Compare ``arm`` with ``reference``, element i of each from the same seed (errors in any
+    unit; differences come out in that unit, relative ones as fractions of the reference mean).
+
+    Returns n, the two means, ``difference`` (arm - reference) with its sd and ``confidence``
+    interval, the same relative to the reference mean, ``corr`` (of the pairs), ``p_paired``
+    (paired t), ``p_wilcoxon``, ``p_welch``, ``mde`` and ``mde_rel`` (at ``alpha``, ``power``),
+    and ``equivalence_rel``: the smallest margin m such that TOST at level alpha shows
+    |difference| < m * reference mean (the largest end of the 1 - 2 alpha interval).
+    """
+    a, b = np.asarray(arm, float), np.asarray(reference, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
+    n = len(a)
+    d = a - b
+    ref = float(b.mean()) if n else math.nan
+    out = dict(n=n, reference_mean=ref, arm_mean=float(a.mean()) if n else math.nan,
+               difference=float(d.mean()) if n else math.nan,
+               sd_difference=float(d.std(ddof=1)) if n > 1 else math.nan)
+    if n < 2 or out["sd_difference"] == 0:
+        out.update(ci_low=math.nan, ci_high=math.nan, p_paired=math.nan, p_wilcoxon=math.nan,
+                   corr=math.nan, mde=math.nan, equivalence=math.nan)
+    else:
+        res = stats.ttest_rel(a, b)
+        ci = res.confidence_interval(confidence)
+        tost = res.confidence_interval(1 - 2 * alpha)
+        nonzero = d[d != 0]
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_paired=float(res.pvalue),
+                   p_wilcoxon=float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0,
+                   corr=float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else math.nan,
+                   mde=minimum_detectable_effect(out["sd_difference"], n, alpha, power),
+                   equivalence=float(max(abs(tost.low), abs(tost.high))))
+    for k in ("difference", "ci_low", "ci_high", "mde", "equivalence"):
+        out[f"{k}_rel"] = out[k] / ref if ref else math.nan
+    out["p_welch"] = welch(a, b, confidence)["p_two_sided"]
+    return out
+
+
+def verdict(row, alpha: float = 0.05) -> str:
+    """What a row of :func:`paired_table` supports, in words."""
+    if not row.n or math.isnan(row.p_paired):
+        return "no test"
+    if row.p_paired < alpha and row.p_wilcoxon < alpha:
+        return "lower error" if row.difference < 0 else "higher error"
+    if row.p_paired < alpha or row.p_wilcoxon < alpha:
+        return "lower error (one test only)" if row.difference < 0 else "higher error (one test only)"
+    return f"no difference detected; |effect| < {100 * row.equivalence_rel:.1f}% relative"
+
+
+def paired_table(frame: pd.DataFrame, value: str = "test_error", scale: float = 100.0,
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """One row per arm that has a reference arm: :func:`paired` on ``value`` (times ``scale``,
+    percent by default) over the seeds both arms have, plus ``verdict``.
+
+    ``frame``: one row per run with columns ``arm``, ``reference`` (None for reference arms),
+    ``purpose``, ``network``, ``seed`` and ``value`` (as :func:`locolib.plans.arm_frame`
+    returns). Raises ValueError if an arm's reference arm has no runs.
+    """
+    rows = []
+    arms = frame.drop_duplicates("arm")
+    for r in arms[arms.reference.notna()].itertuples():
+        a = frame[frame.arm == r.arm].set_index("seed")[value]
+        b = frame[frame.arm == r.reference].set_index("seed")[value]
+        if b.empty:
+            raise ValueError(f"arm {r.arm!r}: its reference arm {r.reference!r} has no runs")
+        seeds = sorted(set(a.index) & set(b.index))
+        res = paired(scale * a.loc[seeds].to_numpy(), scale * b.loc[seeds].to_numpy(), confidence)
+        rows.append({"arm": r.arm, "reference": r.reference, "purpose": r.purpose,
+                     "network": r.network, **res})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["verdict"] = [verdict(r) for r in out.itertuples()]
+    return out

@@ -1,0 +1,76 @@
+"""Paired comparisons, power and equivalence (locolib.stats), checked against known answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from locolib.stats import minimum_detectable_effect, paired, paired_table, welch
+
+
+def test_paired_difference_interval_and_tests_match_scipy():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(5.0, 1.0, 20)
+    arm = ref - 0.3 + rng.normal(0, 0.2, 20)  # a consistent gain of 0.3, small pair noise
+    r = paired(arm, ref)
+    d = arm - ref
+    assert r["n"] == 20 and math.isclose(r["difference"], d.mean())
+    assert math.isclose(r["p_paired"], st.ttest_rel(arm, ref).pvalue)
+    assert math.isclose(r["p_wilcoxon"], st.wilcoxon(d).pvalue)
+    half = st.t.ppf(0.975, 19) * d.std(ddof=1) / math.sqrt(20)
+    assert math.isclose(r["ci_low"], d.mean() - half) and math.isclose(r["ci_high"], d.mean() + half)
+    assert math.isclose(r["difference_rel"], d.mean() / ref.mean())
+    # Pairing removes the shared seed-to-seed spread: the paired test sees the gain, Welch does not.
+    assert r["p_paired"] < 1e-6 and r["p_welch"] > 0.05
+    assert r["corr"] > 0.9
+
+
+def test_minimum_detectable_effect_has_the_stated_power():
+    sd, n = 0.5, 20
+    mde = minimum_detectable_effect(sd, n)
+    rng = np.random.default_rng(1)
+    diffs = rng.normal(mde, sd, size=(4000, n))
+    p = st.ttest_1samp(diffs, 0, axis=1).pvalue
+    assert 0.76 < (p < 0.05).mean() < 0.84  # 80% power, up to simulation noise
+    assert minimum_detectable_effect(sd, 4 * n) < mde / 1.9  # sqrt(n) scaling
+
+
+def test_equivalence_bound_is_what_tost_rejects():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(3.0, 0.5, 25)
+    arm = ref + rng.normal(0.0, 0.1, 25)
+    r = paired(arm, ref)
+    d = arm - ref
+    margin = r["equivalence"]
+    # At the bound both one-sided tests have p = alpha; a wider margin rejects, a narrower does not.
+    for m, rejects in ((margin * 1.01, True), (margin * 0.99, False)):
+        p_low = st.ttest_1samp(d, -m, alternative="greater").pvalue
+        p_high = st.ttest_1samp(d, m, alternative="less").pvalue
+        assert (max(p_low, p_high) < 0.05) == rejects
+    assert math.isclose(r["equivalence_rel"], margin / ref.mean())
+
+
+def test_welch_and_degenerate_inputs():
+    w = welch([1.0, 2.0, 3.0], [2.0, 3.0, 4.0, 5.0])
+    res = st.ttest_ind([1.0, 2.0, 3.0], [2.0, 3.0, 4.0, 5.0], equal_var=False)
+    assert math.isclose(w["p_two_sided"], res.pvalue) and w["p_one_sided"] < w["p_two_sided"]
+    assert math.isnan(welch([1.0], [2.0, 3.0])["t"])
+    assert math.isnan(paired([1.0], [2.0])["p_paired"])
+    with pytest.raises(ValueError, match="differ in length"):
+        paired([1.0, 2.0], [1.0])
+
+
+def test_paired_table_pairs_by_seed_and_names_a_missing_reference():
+    rows = [{"arm": "l2", "reference": None, "purpose": "p", "network": "n", "seed": s, "test_error": 0.05 + 0.01 * s}
+            for s in range(8)]
+    rows += [{"arm": "loco", "reference": "l2", "purpose": "p", "network": "n", "seed": s,
+              "test_error": 0.05 + 0.01 * s - 0.002 * (1 + s % 2)} for s in reversed(range(8))]
+    t = paired_table(pd.DataFrame(rows))
+    assert list(t.arm) == ["loco"] and t.n[0] == 8
+    assert math.isclose(t.difference[0], -100 * 0.002 * 1.5)  # percent, paired by seed
+    assert t.verdict[0] == "lower error"
+    bad = pd.DataFrame(rows[8:])
+    with pytest.raises(ValueError, match="reference arm 'l2' has no runs"):
+        paired_table(bad)
