@@ -25,6 +25,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from locolib.reg import REGULARIZER_REGISTRY
+
 __all__ = [
     "RunConfig",
     "TRAINING_VERSION",
@@ -49,6 +51,7 @@ PAPER_EPOCHS = 250
 PAPER_MILESTONE_EPOCHS = (70, 140, 190, 230, 245)
 #: The paper's decay epochs as fractions of its 250 epochs.
 PAPER_MILESTONES: tuple[float, ...] = tuple(e / PAPER_EPOCHS for e in PAPER_MILESTONE_EPOCHS)
+#: The two arms a sweep trains by default (:data:`locolib.reg.REGULARIZER_REGISTRY` has them all).
 REGULARIZERS = ("l2", "loco")
 INITS = ("torch", "keras")
 #: LOCO-REG's parameters where a sweep names the ``loco`` arm without any: regularize the centre
@@ -81,7 +84,8 @@ class RunConfig:
 
     dataset: str = config_field(help="dataset name (locolib.data.DATASETS)", column=True, cli=False)
     network: str = config_field(help="network name (locolib.models.NETWORKS)", column=True, cli=False)
-    regularizer: str = config_field(help="l2 or loco", column=True, cli=False, choices=REGULARIZERS)
+    regularizer: str = config_field(help="a name in locolib.reg.REGULARIZER_REGISTRY", column=True,
+                               cli=False)
     seed: int = config_field(help="seed of initialisation, batch order and augmentation", column=True,
                    cli=False)
     gamma: PerLayer = config_field(1.0, "LOCO-REG centre weight: one number or one per spatial conv layer",
@@ -119,8 +123,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if self.regularizer not in REGULARIZERS:
-            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
+        if self.regularizer not in REGULARIZER_REGISTRY:
+            raise ValueError(f"unknown regularizer {self.regularizer!r}; choose one of "
+                             f"{list(REGULARIZER_REGISTRY)} (or register one in "
+                             "locolib.reg.REGULARIZER_REGISTRY)")
         for name in ("seed", "epochs", "batch_size", "kernel_size", "pad", "data_seed", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):

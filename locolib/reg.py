@@ -26,8 +26,9 @@ weights of trained networks (:func:`layer_ratios`, :func:`modulate`, :func:`tabl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Union
 
 import torch
 from torch import nn
@@ -50,6 +51,10 @@ __all__ = [
     "I_C",
     "I_N",
     "I_CO",
+    "Regularizer",
+    "RegularizerSpec",
+    "REGULARIZER_REGISTRY",
+    "build_regularizer",
 ]
 
 Number = Union[float, int]
@@ -537,3 +542,42 @@ def table6_from_ratios(r_n_c: Sequence[float], r_n_co: Sequence[float], c: float
             )
         out.append((g, 1.0 / a_co if eta_rule == "printed" else a_co))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The regularizers a run can name
+# --------------------------------------------------------------------------------------------
+class Regularizer(Protocol):
+    """What training needs of a regularizer: add its gradient in place after ``backward()``
+    (:meth:`apply_`) and report its loss term (:meth:`penalty`, for the records)."""
+
+    def apply_(self) -> None: ...
+
+    def penalty(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """A registered regularizer: ``build(model, config)`` (config: a
+    :class:`locolib.config.RunConfig`) returns a :class:`Regularizer` for ``model``."""
+
+    build: Callable[[nn.Module, Any], Regularizer]
+    description: str
+
+
+def _loco_decay(model: nn.Module, config: Any) -> LocoDecay:
+    return LocoDecay(model, gamma=config.gamma, eta=config.eta, lam=config.lam)
+
+
+#: The regularizers by name (RunConfig's ``regularizer``). Adding one is one entry here (plus a
+#: test); its parameters, if it needs new ones, are RunConfig fields with defaults.
+REGULARIZER_REGISTRY: dict[str, RegularizerSpec] = {
+    "l2": RegularizerSpec(_loco_decay, "standard L2 on every conv and dense weight (gamma = eta = 1)"),
+    "loco": RegularizerSpec(_loco_decay, "LOCO-REG (Eq. 6.1): spatial kernels weighted by "
+                                         "(gamma, 1, eta) for centre, edges, corners"),
+}
+
+
+def build_regularizer(model: nn.Module, config: Any) -> Regularizer:
+    """The regularizer that ``config.regularizer`` names, for ``model``."""
+    return REGULARIZER_REGISTRY[config.regularizer].build(model, config)

@@ -29,6 +29,7 @@ from locolib.results import (compare, default_results_dir, load_results, results
 from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
 from locolib.data import DATASETS
 from locolib.models import NETWORKS
+from locolib.reg import REGULARIZER_REGISTRY
 from locolib.train import RunLocked, result_path, run_status, train
 
 __all__ = [
@@ -93,7 +94,7 @@ def plan(
     """
     datasets = _check("dataset", datasets, _names("dataset"))
     networks = _check("network", networks, _names("network"))
-    regularizers = _check("regularizer", regularizers, REGULARIZERS)
+    regularizers = _check("regularizer", regularizers, tuple(REGULARIZER_REGISTRY))
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("no seeds given")
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--networks", nargs="+", default=["vgg13", "resnet18", "mobilenet"],
                    help=f"choices: {', '.join(NETWORKS)}")
     g.add_argument("--regularizers", nargs="+", default=list(REGULARIZERS),
-                   help=f"choices: {', '.join(REGULARIZERS)}")
+                   help=f"choices: {', '.join(REGULARIZER_REGISTRY)}")
     g.add_argument("--seeds", type=_arg(parse_seeds, "seeds"), default="0-19",
                    help="e.g. 0-19, 7, or 0,2,5-7")
     g.add_argument("--loco-params", type=Path, default=None,

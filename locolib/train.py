@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -33,10 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from locolib.config import (PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION,
                              RunConfig)
+from locolib.data import augment_batch, load_dataset
 from locolib.io import atomic_write_bytes, read_json, write_json
+from locolib.models import build_model
+from locolib.reg import build_regularizer, ring_distances, ring_index, spatial_convs
 from locolib.results import RECORD_FORMAT, RunLock, RunLocked, default_results_dir, provenance
 
 __all__ = [
@@ -212,8 +217,6 @@ def _load_checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- any unreadable file means "no usable checkpoint"
-        import warnings
-
         warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=3)
         return None
 
@@ -251,8 +254,6 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
     is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
     s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums.
     """
-    from locolib.reg import ring_distances, ring_index, spatial_convs
-
     out = []
     names = {id(m): n for n, m in model.named_modules()}
     for conv in spatial_convs(model):
@@ -300,10 +301,6 @@ class _Run:
     """The state of one run on one device (model, optimizer, data), built once per process."""
 
     def __init__(self, config: RunConfig, device: torch.device, download: bool) -> None:
-        from locolib.data import load_dataset
-        from locolib.models import build_model
-        from locolib.reg import LocoDecay
-
         self.config, self.device = config, device
         data = load_dataset(config.dataset, root=config.data_root, download=download,
                             seed=config.data_seed)
@@ -329,7 +326,7 @@ class _Run:
         self.memory_format = memory_format(device, model, config.channels_last)
         self.model = model.to(device=device, memory_format=self.memory_format)
         self.x_test = self._normalize(data.x_test.to(device))
-        self.decay = LocoDecay(self.model, gamma=config.gamma, eta=config.eta, lam=config.lam)
+        self.decay = build_regularizer(self.model, config)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr,
                                    momentum=config.momentum, weight_decay=0.0)
         self.forward = torch.compile(self.model) if config.compile else self.model
@@ -398,8 +395,6 @@ def _augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int) 
     """:func:`locolib.data.augment_batch`, skipped when there is nothing to do."""
     if not flip and pad == 0:
         return x
-    from locolib.data import augment_batch
-
     return augment_batch(x, generator, flip=flip, pad=pad)
 
 
@@ -466,8 +461,6 @@ def train(
 
 
 def _train_locked(config, rpath, ckpath, device, progress, download, hook, model_dir, lock) -> dict:
-    from tqdm import tqdm
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick fast kernels
     t_setup = time.perf_counter()

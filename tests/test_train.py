@@ -370,3 +370,26 @@ def test_train_refuses_a_run_that_is_locked(dirs):
             train(cfg, results_dir=results, checkpoint_dir=ck, progress=False)
         assert T.run_status(cfg, results, ck) == "running"
     assert T.run_status(cfg, results, ck) == "todo"
+
+
+def test_a_registered_regularizer_is_one_entry(monkeypatch, tmp_path):
+    from locolib import reg
+
+    class NoDecay:
+        def __init__(self, model, config):
+            self.model = model
+
+        def apply_(self):
+            pass
+
+        def penalty(self):
+            return torch.zeros(())
+
+    monkeypatch.setitem(reg.REGULARIZER_REGISTRY, "none", reg.RegularizerSpec(NoDecay, "no regularization"))
+    cfg = RunConfig(**{**TINY, "epochs": 1}, regularizer="none", seed=0)
+    rec = train(cfg, results_dir=tmp_path, progress=False)
+    assert rec["config"]["regularizer"] == "none" and rec["history"][0]["penalty"] == 0.0
+    l2 = train(cfg.replace(regularizer="l2"), results_dir=tmp_path, progress=False)
+    assert l2["history"][0]["penalty"] > 0
+    with pytest.raises(ValueError, match="unknown regularizer 'l1'.*register one"):
+        RunConfig("digits", "vgg13", "l1", 0)
