@@ -402,6 +402,29 @@ def by_norm(profiles: Mapping[str, Profile], ks: Sequence[int] = (1, 2)) -> pd.D
     return pd.DataFrame(rows)
 
 
+def laplace_linf_certificate() -> dict[str, object]:
+    """Theorem 2 under L-infinity for g(x) = r^|x| (r = e^(-1/tau) < 1), k = 1, in closed form (Noise
+    chapter). The filter w = (-t, 1, -t) with t = r / (1 + r^2); its gap a_x . w for a symbolic x >= 1
+    (x = -1, -2, ... by symmetry); and p = sum_x l_x a_x for multipliers alpha / 2 on x = 1 and on
+    x = -1 and 1 - alpha on the limit x -> infinity, (g(j))_j, with alpha = 2r / (1 + r^2). If every
+    gap and p_0 equal V = (1 - r^2) / (1 + r^2) = tanh(1/tau) and p_{+-1} = 0, then V is the optimum:
+    every admissible w' has min_x a_x . w' <= p . w' <= ||p||_1 = V, and w attains it.
+    """
+    r, x = sympy.symbols("r x", positive=True)
+    t, alpha = r / (1 + r**2), 2 * r / (1 + r**2)
+    w = [-t, sympy.Integer(1), -t]
+    a_1, a_minus_1 = ([r ** abs(j) - r ** abs(y + j) for j in (-1, 0, 1)] for y in (1, -1))
+    limit = [r, 1, r]
+    gap = sum(wj * (r ** abs(j) - r ** (x + j)) for j, wj in zip((-1, 0, 1), w))
+    return {
+        "r": r,
+        "w": w,
+        "value": (1 - r**2) / (1 + r**2),
+        "gap": sympy.simplify(gap),
+        "p": [sympy.simplify(alpha * (u + v) / 2 + (1 - alpha) * l) for u, v, l in zip(a_1, a_minus_1, limit)],
+    }
+
+
 # ---------------------------------------------------------------- decay and the centre weight
 
 

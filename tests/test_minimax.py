@@ -312,25 +312,22 @@ def test_linf_agrees_with_an_interior_point_solver(name, k):
     assert abs(-res.fun - mm.solve(g, k, norm="linf")[1]) < 1e-7
 
 
-def test_linf_optimum_for_laplace_profiles_is_tanh_exactly():
-    """g = r^|x| (r = e^(-1/tau)), k = 1: w = (-t, 1, -t) with t = r / (1 + r^2) has every gap equal
-    to V = (1 - r^2) / (1 + r^2) = tanh(1/tau), and multipliers 2r / (1 + r^2) on x = +-1 (half
-    each) and the rest on x -> infinity give p = (0, V, 0): no admissible w does better."""
-    r, x = sympy.symbols("r x", positive=True)
-    t, V = r / (1 + r**2), (1 - r**2) / (1 + r**2)
-    w = [-t, 1, -t]
-    row = lambda x: [r ** abs(j) - r ** (x + j) for j in (-1, 0, 1)]  # noqa: E731, a_x for x >= 1
-    assert sympy.simplify(sum(c * v for c, v in zip([r - 1, 1 - r, r - r**2], w)) - V) == 0  # x = 1
-    assert sympy.simplify(sum(c * v for c, v in zip(row(x), w)) - V) == 0  # every x >= 2, symbolically
-    limit = [r, 1, r]
-    alpha = 2 * r / (1 + r**2)
-    b = [(r - 1 + r - r**2) / 2, 1 - r, (r - 1 + r - r**2) / 2]  # (a_1 + a_-1) / 2
-    p = [sympy.simplify(alpha * bj + (1 - alpha) * lj) for bj, lj in zip(b, limit)]
-    assert p[0] == p[2] == 0 and sympy.simplify(p[1] - V) == 0
+def test_linf_certificate_for_laplace_profiles():
+    c = mm.laplace_linf_certificate()
+    r, value = c["r"], c["value"]
+    assert sympy.simplify(c["gap"] - value) == 0 and c["p"][0] == c["p"][2] == 0
+    assert sympy.simplify(c["p"][1] - value) == 0
     for tau in (0.5, 1, 2, 5):
-        w_num, value = mm.solve(mm.laplace(tau), 1, norm="linf")
-        assert abs(value - math.tanh(1 / tau)) < 1e-10
-        assert np.allclose(w_num, [-1 / (2 * math.cosh(1 / tau)), 1, -1 / (2 * math.cosh(1 / tau))], atol=1e-9)
+        g, rv = mm.laplace(tau), math.exp(-1 / tau)
+        w = np.array([float(v.subs(r, rv)) for v in c["w"]])
+        V, alpha = math.tanh(1 / tau), 2 * rv / (1 + rv**2)
+        assert abs(float(value.subs(r, rv)) - V) < 1e-15
+        A = limit_rows(g, 1, 60)  # rows x = -60..-1, 1..60 and the limit
+        assert np.allclose(A @ w, V, atol=1e-12)  # every competitor ties
+        p = alpha / 2 * (A[59] + A[60]) + (1 - alpha) * A[-1]  # x = -1, x = 1 and the limit
+        assert np.allclose(p, [0, V, 0], atol=1e-12)
+        w_solved, solved = mm.solve(g, 1, norm="linf")
+        assert abs(solved - V) < 1e-10 and np.allclose(w_solved, w, atol=1e-9)
 
 
 def test_l2_counterexample_in_closed_form():
