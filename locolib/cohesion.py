@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sympy
+from matplotlib.patches import FancyArrowPatch
 
 Position = tuple[int, int]
 EPSILON = sympy.Symbol("epsilon", nonnegative=True)
@@ -333,3 +334,17 @@ def window_scores(grid: Any, k: int = 3, q: Any = 2) -> pd.DataFrame:
         rows.append({"row": i + k // 2, "col": j + k // 2, "centre": w[k // 2, k // 2],
                      "sum": sum(w), "total_force": total_force(w, q)})
     return pd.DataFrame(rows)
+
+
+def draw_particles(ax: Any, window: Any, scale: float, title: str) -> None:
+    """A window as interacting particles, after the paper's Figure 4 (Cohesion chapter): masses as
+    circles (area ~ mass), forces as arcs (width ~ force / scale); arcs keep collinear pairs apart."""
+    m = _masses(window)
+    for (a, b), f in pair_forces(m).items():
+        ax.add_patch(FancyArrowPatch(a[::-1], b[::-1], arrowstyle="-", connectionstyle="arc3,rad=0.25",
+                                     lw=8 * float(f) / scale, color="tab:gray", alpha=0.6, zorder=1))
+    for p in positions(m.rows):
+        ax.scatter(p[1], p[0], s=220 * float(m[p]), color="tab:red", zorder=2)
+        ax.text(p[1], p[0], m[p], ha="center", va="center", color="white", zorder=3)
+    ax.set(xlim=(-0.7, m.rows - 0.3), ylim=(m.rows - 0.3, -0.7), aspect="equal", title=title)
+    ax.axis("off")

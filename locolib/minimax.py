@@ -17,8 +17,9 @@ optionally w >= 0):
   w >= 0); the maximising w depends on x, and the one returned is that of the binding x.
 
 The inner range is infinite. Competitors 0 < |x| <= x_max are solved for exactly; every |x| > x_max
-is covered by a lower bound that holds under the paper's assumptions on g (:func:`_tail_bound`),
-and x_max doubles until that bound cannot change the value by more than ``TOLERANCE``.
+is covered by a lower bound that holds under the paper's assumptions on g (:func:`_tail_bound`;
+for filters with sum(w) < 0, which only L-infinity optima have, it also needs g -> 0), and x_max
+doubles until that bound cannot change the value by more than ``TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -224,10 +225,9 @@ def _linear_programme(A: np.ndarray, nonnegative: bool, norm: Norm) -> tuple[np.
     lo = 0.0 if nonnegative else -1.0
     D = np.eye(n) if nonnegative or norm == "linf" else np.hstack([np.eye(n), -np.eye(n)])
     rows, rhs = np.c_[-A @ D, np.ones(m)], np.zeros(m)
-    if norm == "l1":
+    bounds = [(lo, 1)] * n
+    if norm == "l1":  # sum u <= 1
         rows, rhs, bounds = np.vstack([rows, np.r_[np.ones(D.shape[1]), 0]]), np.r_[rhs, 1], [(0, None)] * D.shape[1]
-    else:
-        bounds = [(lo, 1)] * n
     tight = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
     res = linprog(np.r_[np.zeros(D.shape[1]), -1], A_ub=rows, b_ub=rhs, bounds=[*bounds, (None, None)],
                   method="highs-ds", options=tight)
@@ -238,11 +238,14 @@ def _linear_programme(A: np.ndarray, nonnegative: bool, norm: Norm) -> tuple[np.
     if norm == "linf":
         candidates.append(_polish_linf(A, w, res.x[-1], lo))
     w = max((_admissible(c, nonnegative, norm) for c, _ in candidates), key=lambda c: (A @ c).min())
-    upper = min(np.linalg.norm(np.clip(p, 0, None) if nonnegative else p, DUAL_NORMS[norm]) for _, p in candidates)
+    upper = min(np.linalg.norm(np.clip(p, 0, None) if nonnegative else p, DUAL_NORMS[norm])
+                for _, p in candidates)
     return w, float((A @ w).min()), float(upper)
 
 
-def _polish_linf(A: np.ndarray, w: np.ndarray, v: float, lo: float, tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+def _polish_linf(
+    A: np.ndarray, w: np.ndarray, v: float, lo: float, tol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray]:
     """An L-infinity vertex re-solved from its active rows and bounds (least squares), and a dual
     vector p = l A on those rows with l >= 0, sum l = 1, p_j = 0 where lo < w_j < 1, p_j >= 0 where
     w_j = 1 and p_j <= 0 where w_j = lo (NNLS with slacks): then p . w = ||p||_1 (||max(p, 0)||_1)."""
@@ -384,7 +387,6 @@ def summary(g: Profile, k: int) -> dict[str, object]:
     return row
 
 
-
 def by_norm(profiles: Mapping[str, Profile], ks: Sequence[int] = (1, 2)) -> pd.DataFrame:
     """Theorem 2 under each weight norm and sign (Noise chapter), max-min reading.
 
@@ -477,13 +479,13 @@ def centre_weight_table(families: Mapping[str, Sequence[tuple[float, Profile]]])
     for family, members in families.items():
         for parameter, g in members:
             closed = abs(solve(g, 1)[1] - laplacian_filter(g, 1)[1]) < TOLERANCE
-            rows.append({"family": family, "parameter": parameter,
-                         "step ratio": (g(1) - g(2)) / (g(0) - g(1)), "optimum b/|b|": closed, **centre_weights(g)})
+            rows.append({"family": family, "parameter": parameter, "step ratio": (g(1) - g(2)) / (g(0) - g(1)),
+                         "optimum b/|b|": closed, **centre_weights(g)})
     return pd.DataFrame(rows)
 
 
 def trend(values: Sequence[float], tol: float = 1e-9) -> str:
-    """"rises", "falls", "constant" (all steps within tol) or "not monotone"."""
+    """How a sequence moves: "rises", "falls", "constant" (every step within tol) or "not monotone"."""
     steps = np.diff(np.asarray(values, dtype=float))
     if (np.abs(steps) <= tol).all():
         return "constant"

@@ -9,6 +9,7 @@ from functools import cache
 import numpy as np
 import pytest
 import sympy
+from matplotlib.figure import Figure
 
 from locolib import cohesion as co
 
@@ -338,3 +339,12 @@ def test_input_validation():
     assert co.epsilon_bound(np.array([1, 1]), np.array([0, 1])) == sympy.Rational(27, 40)
     with pytest.raises(ValueError, match="different"):
         co.epsilon_bound(CENTRE, (1, 1))
+
+
+def test_draw_particles():
+    ax = Figure().subplots()
+    window = sympy.Matrix([[1, 2, 2], [2, 6, 3], [1, 3, 2]])
+    co.draw_particles(ax, window, scale=18, title="red")
+    widths = sorted(p.get_linewidth() for p in ax.patches)
+    assert len(ax.patches) == 36 and widths[-1] == pytest.approx(8)  # the strongest bond, 6 * 3 / 1
+    assert len(ax.collections) == 9 and ax.get_title() == "red"
