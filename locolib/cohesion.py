@@ -21,8 +21,10 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sympy
+from matplotlib.patches import FancyArrowPatch
 
 Position = tuple[int, int]
 EPSILON = sympy.Symbol("epsilon", nonnegative=True)
@@ -121,11 +123,12 @@ def gap_coefficients(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2)
     return sympy.Matrix(k, k, lambda i, j: _weight(a, (i, j), q) - _weight(b, (i, j), q))
 
 
-def _nearer(a: Position, b: Position, k: int) -> list[Position]:
+def nearer(a: Sequence[int], b: Sequence[int], k: int = 3) -> list[Position]:
     """Positions r nearer to a than to b, i.e. with C[r] > 0 in ``gap_coefficients``.
 
     1/d^q falls with d for every q > 0, so the sign of C[r] is exact integer arithmetic.
     """
+    a, b = _pair(a, b, k)
     return [r for r in positions(k) if _d2(a, r) < _d2(b, r)]
 
 
@@ -145,8 +148,8 @@ def epsilon_bound(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2) ->
     equal masses, P <= N; no epsilon works then.
     """
     c = gap_coefficients(a, b, k, q)
-    positive = sympy.Add(*(c[r] for r in _nearer(a, b, k)))
-    negative = -sympy.Add(*(c[r] for r in _nearer(b, a, k)))
+    positive = sympy.Add(*(c[r] for r in nearer(a, b, k)))
+    negative = -sympy.Add(*(c[r] for r in nearer(b, a, k)))
     return positive / negative - 1 if positive > negative else sympy.Integer(0)
 
 
@@ -158,18 +161,70 @@ def worst_case(
     Heavy, (1 + epsilon), exactly where a part is nearer to b than to a (b included): the same
     distribution for every exponent q.
     """
-    heavy = _nearer(*_pair(b, a, k), k)
+    heavy = nearer(b, a, k)
     return sympy.Matrix(k, k, lambda i, j: 1 + epsilon if (i, j) in heavy else sympy.Integer(1))
 
 
-def is_tight(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2) -> bool:
-    """Whether the worst case at epsilon = ``epsilon_bound`` makes both derivatives equal.
+def vertex_minimum(
+    a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2, *, epsilon: Any
+) -> tuple[sympy.Expr, sympy.Matrix]:
+    """The smallest dF_tot/dm_a - dF_tot/dm_b over all 2^(k*k) distributions with every mass m'
+    or (1 + epsilon) m', by exhaustion, and a minimiser with the fewest heavy parts (units of m').
 
-    Then any larger epsilon admits masses (just below the worst case) with the ordering reversed.
+    The gap is linear in the masses, so this is its minimum over the whole box: a check of
+    ``epsilon_bound`` and ``worst_case`` that does not use their formula. The search runs in floats,
+    the returned gap is exact (Cohesion chapter; k <= 4).
+    """
+    a, b = _pair(a, b, k)
+    if k > 4:
+        raise ValueError(f"2^(k*k) distributions are too many for k = {k}; use k <= 4")
+    c = np.array([float(v) for v in gap_coefficients(a, b, k, q)])
+    heavy = np.array(list(itertools.product((0, 1), repeat=k * k)))
+    gaps = c.sum() + float(epsilon) * (heavy @ c)
+    best = heavy[min(range(len(heavy)), key=lambda i: (round(gaps[i], 12), heavy[i].sum()))]
+    masses = sympy.Matrix(k, k, lambda i, j: 1 + sympy.sympify(epsilon) if best[i * k + j] else sympy.Integer(1))
+    return sympy.radsimp(derivative_gap(masses, a, b, q)), masses
+
+
+def _is_zero(expr: sympy.Expr) -> bool:
+    return sympy.expand(sympy.fraction(sympy.together(expr))[0]) == 0
+
+
+def is_tight(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2) -> bool:
+    """Whether ``epsilon_bound`` is attained, checked by exhaustion (``vertex_minimum``): at
+    epsilon = bound the smallest gap over the box is exactly 0, so the ordering holds up to the
+    bound and no further.
+
+    Any larger epsilon then admits a violation: the minimiser's gap is linear in epsilon, 0 at the
+    bound and positive at epsilon = 0 (equal masses, checked too), so it falls beyond the bound.
     """
     bound = epsilon_bound(a, b, k, q)
-    gap = derivative_gap(worst_case(a, b, k, epsilon=bound), a, b, q)
-    return bool(bound > 0) and sympy.expand(sympy.fraction(sympy.together(gap))[0]) == 0
+    equal = derivative_gap(sympy.ones(k, k), a, b, q)
+    return bool(bound > 0) and bool(equal > 0) and _is_zero(vertex_minimum(a, b, k, q, epsilon=bound)[0])
+
+
+def heavy_threshold(a: Sequence[int], b: Sequence[int], heavy: Sequence[int], k: int = 3, q: Any = 2) -> sympy.Expr:
+    """The mass M of the part at ``heavy``, in units of the others (all equal), above which growing
+    m_b adds more cohesion than growing m_a; sympy.oo if a heavier part never makes it so.
+
+    The gap dF_tot/dm_a - dF_tot/dm_b is linear in M, so the threshold is exact (Cohesion chapter:
+    the paper's "pathological" large-corner case).
+    """
+    a, b = _pair(a, b, k)
+    heavy = _position(heavy, k)
+    M = sympy.Symbol("M", positive=True)
+    gap = sympy.expand(derivative_gap(sympy.Matrix(k, k, lambda i, j: M if (i, j) == heavy else 1), a, b, q))
+    slope = gap.coeff(M)
+    return sympy.radsimp((gap - slope * M) / -slope) if slope < 0 else sympy.oo
+
+
+def spread(masses: Any) -> sympy.Expr:
+    """max / min - 1: the masses lie in [m', (1 + eps) m'] exactly for eps >= this (m' = min), so
+    Theorem 1 covers them iff it is below the theorem's bound; sympy.oo if a mass is <= 0 while
+    another is larger (no box with m' > 0 holds them; Cohesion chapter)."""
+    m = _masses(masses)
+    low, high = min(m), max(m)
+    return high / low - 1 if low > 0 else (sympy.Integer(0) if low == high else sympy.oo)
 
 
 def rings(k: int) -> dict[sympy.Expr, list[Position]]:
@@ -279,3 +334,17 @@ def window_scores(grid: Any, k: int = 3, q: Any = 2) -> pd.DataFrame:
         rows.append({"row": i + k // 2, "col": j + k // 2, "centre": w[k // 2, k // 2],
                      "sum": sum(w), "total_force": total_force(w, q)})
     return pd.DataFrame(rows)
+
+
+def draw_particles(ax: Any, window: Any, scale: float, title: str) -> None:
+    """A window as interacting particles, after the paper's Figure 4 (Cohesion chapter): masses as
+    circles (area ~ mass), forces as arcs (width ~ force / scale); arcs keep collinear pairs apart."""
+    m = _masses(window)
+    for (a, b), f in pair_forces(m).items():
+        ax.add_patch(FancyArrowPatch(a[::-1], b[::-1], arrowstyle="-", connectionstyle="arc3,rad=0.25",
+                                     lw=8 * float(f) / scale, color="tab:gray", alpha=0.6, zorder=1))
+    for p in positions(m.rows):
+        ax.scatter(p[1], p[0], s=220 * float(m[p]), color="tab:red", zorder=2)
+        ax.text(p[1], p[0], m[p], ha="center", va="center", color="white", zorder=3)
+    ax.set(xlim=(-0.7, m.rows - 0.3), ylim=(m.rows - 0.3, -0.7), aspect="equal", title=title)
+    ax.axis("off")

@@ -4,33 +4,42 @@ Model: a 1-d feature map m(x) = g(x) + eps_x with the feature at x* = 0 and i.i.
 and variance s^2; a filter w = (w_{-k}, ..., w_k) gives f(x, w) = sum_j w_j m(x + j). The expected
 gap to a competitor x != 0 is E[f(0, w) - f(x, w)] = a_x . w with a_x = (g(j) - g(x + j))_j.
 
-Two readings of the paper's objective, w of unit L2 norm (optionally w >= 0):
+Two readings of the paper's objective, w of unit norm (L2 as in the paper, or L1 or L-infinity;
+optionally w >= 0):
 
 * ``"maxmin"``, weights chosen first (what the paper's prose describes): max_w inf_{x != 0} a_x . w.
-  By minimax duality it is the distance from 0 to the convex hull of the a_x (for w >= 0: to that
-  hull minus the non-negative orthant); it is solved exactly as a least-distance programme (NNLS).
-* ``"minmax"``, the formula as printed: min_x max_w a_x . w = min_x ||a_x|| (||max(a_x, 0)|| for
+  Under L2, by minimax duality, it is the distance from 0 to the convex hull of the a_x (for w >= 0:
+  to that hull minus the non-negative orthant), solved exactly as a least-distance programme (NNLS).
+  Under L1 and L-infinity it is a linear programme, solved by the simplex method and certified by a
+  dual bound: for multipliers l >= 0 summing to 1 and p = sum_x l_x a_x, every admissible w has
+  min_x a_x . w <= p . w <= ||p||_* (||max(p, 0)||_* for w >= 0), ||.||_* the dual norm.
+* ``"minmax"``, the formula as printed: min_x max_w a_x . w = min_x ||a_x||_* (||max(a_x, 0)||_* for
   w >= 0); the maximising w depends on x, and the one returned is that of the binding x.
 
 The inner range is infinite. Competitors 0 < |x| <= x_max are solved for exactly; every |x| > x_max
-is covered by a lower bound that holds under the paper's assumptions on g (:func:`_tail_bound`),
-and x_max doubles until that bound cannot change the value by more than ``TOLERANCE``.
+is covered by a lower bound that holds under the paper's assumptions on g (:func:`_tail_bound`;
+for filters with sum(w) < 0, which only L-infinity optima have, it also needs g -> 0), and x_max
+doubles until that bound cannot change the value by more than ``TOLERANCE``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import sympy
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.optimize import nnls
+from scipy.optimize import linprog, minimize_scalar, nnls
 
 Profile = Callable[[int], float]
 Reading = Literal["maxmin", "minmax"]
+Norm = Literal["l2", "l1", "linf"]
+NORMS = {"l2": 2, "l1": 1, "linf": math.inf}  # the weights' norm, as numpy's ``ord``
+DUAL_NORMS = {"l2": 2, "l1": math.inf, "linf": 1}  # max of p . w over that unit ball is ||p||_dual
 
 TOLERANCE = 1e-10  # certified accuracy of every value returned here
 MAX_RANGE = 1 << 14
@@ -133,17 +142,22 @@ def _competitors(x_max: int) -> np.ndarray:
 def _tail_bound(g: Profile, w: np.ndarray, x_max: int) -> float:
     """A lower bound on a_x . w for all |x| > x_max >= 2k, valid under the assumptions.
 
-    For x > x_max: a_x . w = sum_j w_j (g(j) - g(x)) + sum_j w_j (g(x) - g(x + j)). The first sum is
-    >= sum_j w_j (g(j) - g(x_max + 1)) when sum_j w_j >= 0 (g decreasing); in the second,
+    For x > x_max: a_x . w = sum_j w_j g(j) - g(x) sum_j w_j + sum_j w_j (g(x) - g(x + j)). When
+    sum_j w_j >= 0 the middle term is >= -g(x_max + 1) sum_j w_j (g decreasing). When sum_j w_j < 0
+    (L-infinity filters can have it) it is >= 0 provided g >= 0 beyond x_max, which holds when g
+    decreases to 0 (see :func:`solve`). In the last sum,
     |g(x) - g(x + j)| <= |j| (g(x_max + 1 - k) - g(x_max + 2 - k)) because the steps of g shrink.
     The bound is symmetric in j, so it also covers x < -x_max.
     """
     k = len(w) // 2
     j = np.arange(-k, k + 1)
+    floor = g(x_max + 1)
     if w.sum() < 0:
-        return -math.inf
+        if floor < 0:
+            return -math.inf
+        floor = 0.0
     step = g(x_max + 1 - k) - g(x_max + 2 - k)
-    return float(w @ (np.array([g(i) for i in j]) - g(x_max + 1)) - step * (np.abs(j) @ np.abs(w)))
+    return float(w @ (np.array([g(i) for i in j]) - floor) - step * (np.abs(j) @ np.abs(w)))
 
 
 def _certified(g: Profile, k: int, x_max: int, step: Callable) -> tuple[np.ndarray, float]:
@@ -157,14 +171,14 @@ def _certified(g: Profile, k: int, x_max: int, step: Callable) -> tuple[np.ndarr
         if tail >= value - TOLERANCE:
             return w, float(value)
         if x_max >= MAX_RANGE:
-            raise ValueError(f"competitors beyond |x| = {x_max} could not be bounded; is sum(w) < 0?")
+            raise ValueError(f"competitors beyond |x| = {x_max} could not be bounded; is g < 0 there?")
         x_max *= 2
 
 
 # ---------------------------------------------------------------- the minimax problem
 
 
-def _max_min(A: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, float]:
+def _max_min_l2(A: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, float]:
     """max over unit w (w >= 0 optionally) of min_x a_x . w, assuming it is positive.
 
     Equivalent to the least-distance programme min ||v|| s.t. A v >= 1 (and v >= 0), w = v / ||v||,
@@ -184,38 +198,140 @@ def _max_min(A: np.ndarray, nonnegative: bool) -> tuple[np.ndarray, float]:
     return v / np.linalg.norm(v), 1 / np.linalg.norm(v)
 
 
+def _max_min_lp(A: np.ndarray, nonnegative: bool, norm: Norm) -> tuple[np.ndarray, float, float]:
+    """max over ||w|| <= 1 (L1 or L-infinity, w >= 0 optionally) of min_x a_x . w as a linear
+    programme: the maximiser, its worst gap over all rows (a lower bound) and a dual bound (an
+    upper bound).
+
+    Row generation: the programme is solved on the first 32 rows (|x| <= 16) and the last (the
+    limit row), and rows that the solution violates are added until none is; far competitors rarely
+    bind, and the simplex's time grows with the number of rows.
+    """
+    rows = np.r_[np.arange(min(32, len(A) - 1)), len(A) - 1]
+    while True:
+        w, lower, upper = _linear_programme(A[rows], nonnegative, norm)
+        violated = np.setdiff1d(np.flatnonzero(A @ w < lower - TOLERANCE / 10), rows)
+        if violated.size == 0:
+            return w, float((A @ w).min()), upper
+        rows = np.union1d(rows, violated)
+
+
+def _linear_programme(A: np.ndarray, nonnegative: bool, norm: Norm) -> tuple[np.ndarray, float, float]:
+    """One programme on the rows A: variables (u, v), maximise v subject to A w >= v with w = D u;
+    for L-infinity D = I and lo <= u <= 1, for L1 w = u+ - u- (u >= 0 only for w >= 0) and
+    sum u <= 1. The dual simplex's vertex and multipliers are sharpened by :func:`_polish_linf`
+    where it applies; returns w, min_x a_x . w and the dual bound."""
+    m, n = A.shape
+    lo = 0.0 if nonnegative else -1.0
+    D = np.eye(n) if nonnegative or norm == "linf" else np.hstack([np.eye(n), -np.eye(n)])
+    rows, rhs = np.c_[-A @ D, np.ones(m)], np.zeros(m)
+    bounds = [(lo, 1)] * n
+    if norm == "l1":  # sum u <= 1
+        rows, rhs, bounds = np.vstack([rows, np.r_[np.ones(D.shape[1]), 0]]), np.r_[rhs, 1], [(0, None)] * D.shape[1]
+    tight = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+    res = linprog(np.r_[np.zeros(D.shape[1]), -1], A_ub=rows, b_ub=rhs, bounds=[*bounds, (None, None)],
+                  method="highs-ds", options=tight)
+    if res.status != 0:
+        raise ValueError(f"the linear programme failed: {res.message}")
+    w, multipliers = D @ res.x[:-1], np.clip(-res.ineqlin.marginals[:m], 0, None)
+    candidates = [(w, multipliers @ A / multipliers.sum())]
+    if norm == "linf":
+        candidates.append(_polish_linf(A, w, res.x[-1], lo))
+    w = max((_admissible(c, nonnegative, norm) for c, _ in candidates), key=lambda c: (A @ c).min())
+    upper = min(np.linalg.norm(np.clip(p, 0, None) if nonnegative else p, DUAL_NORMS[norm])
+                for _, p in candidates)
+    return w, float((A @ w).min()), float(upper)
+
+
+def _polish_linf(
+    A: np.ndarray, w: np.ndarray, v: float, lo: float, tol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray]:
+    """An L-infinity vertex re-solved from its active rows and bounds (least squares), and a dual
+    vector p = l A on those rows with l >= 0, sum l = 1, p_j = 0 where lo < w_j < 1, p_j >= 0 where
+    w_j = 1 and p_j <= 0 where w_j = lo (NNLS with slacks): then p . w = ||p||_1 (||max(p, 0)||_1)."""
+    top, bottom = w > 1 - tol, w < lo + tol
+    free = ~top & ~bottom
+    R = A[A @ w - v < tol]
+    z = np.linalg.lstsq(np.c_[R[:, free], -np.ones(len(R))], -R[:, ~free] @ w[~free], rcond=None)[0]
+    vertex = w.copy()
+    vertex[free] = z[:-1]
+    nt, nb = int(top.sum()), int(bottom.sum())
+    E = np.block([[R[:, free].T, np.zeros((int(free.sum()), nt + nb))],
+                  [R[:, top].T, -np.eye(nt), np.zeros((nt, nb))],
+                  [R[:, bottom].T, np.zeros((nb, nt)), np.eye(nb)],
+                  [np.ones(len(R)), np.zeros(nt + nb)]])
+    l = nnls(E, np.eye(len(E))[-1])[0][: len(R)]
+    return vertex, l @ R / l.sum()
+
+
+def _admissible(w: np.ndarray, nonnegative: bool, norm: Norm) -> np.ndarray:
+    """w moved into the unit ball (and the orthant): rounding leaves it outside by ~1e-16."""
+    w = np.clip(w, 0, None) if nonnegative else w
+    return w / max(1.0, float(np.linalg.norm(w, NORMS[norm])))
+
+
+def _aligned(a: np.ndarray, norm: Norm) -> np.ndarray:
+    """The unit-norm w with a . w = ||a||_dual, the best filter against one competitor."""
+    if norm == "l2":
+        return a / np.linalg.norm(a)
+    if norm == "linf":
+        return np.sign(a)
+    return np.sign(a) * (np.arange(len(a)) == np.abs(a).argmax())
+
+
 def solve(
-    g: Profile, k: int = 1, nonnegative: bool = False, reading: Reading = "maxmin", x_max: int = 16
+    g: Profile, k: int = 1, nonnegative: bool = False, reading: Reading = "maxmin", x_max: int = 16,
+    *, norm: Norm = "l2",
 ) -> tuple[np.ndarray, float]:
     """Optimal unit-norm weights for offsets -k..k and the optimal worst-case expected gap.
 
     ``reading="maxmin"``: max_{||w|| = 1} inf_{x != 0} E[f(0, w) - f(x, w)] (weights first);
     ``"minmax"``: min_{x != 0} max_w, with the weights that are best against the binding x.
-    ``nonnegative`` restricts to w >= 0. g must satisfy the paper's assumptions (checked for
-    |x| <= x_max + k + 1, see :func:`check_assumptions`); values are exact to ``TOLERANCE``.
+    ``nonnegative`` restricts to w >= 0; ``norm`` is the weights' norm: "l2" (the paper's), "l1" or
+    "linf" (the Noise chapter compares them). g must satisfy the paper's assumptions (checked for
+    |x| <= x_max + k + 1, see :func:`check_assumptions`); values are exact to ``TOLERANCE``. The L1
+    and L-infinity programmes also take g(x) -> 0 as |x| -> infinity, as every profile here does: a
+    feature fades with distance, and subtracting a constant background from g changes no gap.
+    Under L-infinity the optimal weights need not be unique (the value is).
     """
     if reading not in ("maxmin", "minmax"):
         raise ValueError(f"reading must be 'maxmin' or 'minmax', got {reading!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
 
     def step(A: np.ndarray, x_max: int) -> tuple[np.ndarray, float, float]:
-        if reading == "maxmin":
-            w, value = _max_min(A, nonnegative)
+        window = np.array([g(j) for j in range(-k, k + 1)])
+        if reading == "maxmin" and norm == "l2":
+            w, value = _max_min_l2(A, nonnegative)
             return w, value, _tail_bound(g, w, x_max)
-        # max over unit w of a . w is ||a|| at w = a / ||a|| (positive part for w >= 0); for
-        # |x| > x_max every a_x >= g(j) - g(x_max + 1 - k) >= 0 entrywise, which bounds ||a_x||
+        if reading == "maxmin":
+            # with the limit of a_x as |x| -> infinity, (g(j))_j, as a row: an infimum that is not
+            # attained at any finite x (L-infinity filters with sum(w) < 0) is then reached exactly
+            w, value, upper = _max_min_lp(np.vstack([A, window]), nonnegative, norm)
+            if upper - value > TOLERANCE:
+                raise ValueError(f"the {norm} programme is certified only to {upper - value:.1e}")
+            return w, value, _tail_bound(g, w, x_max)
+        # max over unit w of a . w is ||a||_dual at the aligned w (positive part for w >= 0); for
+        # |x| > x_max every a_x >= g(j) - g(x_max + 1 - k) >= 0 entrywise, which bounds ||a_x||_dual
         best = np.clip(A, 0, None) if nonnegative else A
-        norms = np.linalg.norm(best, axis=1)
+        norms = np.linalg.norm(best, DUAL_NORMS[norm], axis=1)
         i = int(np.argmin(norms))
-        floor = np.array([g(j) for j in range(-k, k + 1)]) - g(x_max + 1 - k)
-        return best[i] / norms[i], norms[i], float(np.linalg.norm(floor))
+        floor = window - g(x_max + 1 - k)
+        return _aligned(best[i], norm), norms[i], float(np.linalg.norm(floor, DUAL_NORMS[norm]))
 
     return _certified(g, k, x_max, step)
 
 
 def worst_gap(g: Profile, weights: Sequence[float], x_max: int = 16) -> float:
-    """inf_{x != 0} E[f(0, w) - f(x, w)] of the given filter (offsets -k..k, not normalised)."""
+    """inf_{x != 0} E[f(0, w) - f(x, w)] of the given filter (offsets -k..k, not normalised).
+
+    For sum(w) < 0 the infimum may be approached only as |x| -> infinity; it then includes that
+    limit, sum_j w_j g(j), which takes g(x) -> 0 (see :func:`solve`).
+    """
     w = _filter(weights)
-    return _certified(g, len(w) // 2, x_max, lambda A, x: (w, (A @ w).min(), _tail_bound(g, w, x)))[1]
+    k = len(w) // 2
+    limit = float(w @ [g(j) for j in range(-k, k + 1)]) if w.sum() < 0 else math.inf
+    return _certified(g, k, x_max, lambda A, x: (w, min((A @ w).min(), limit), _tail_bound(g, w, x)))[1]
 
 
 def worst_snr(g: Profile, weights: Sequence[float], x_max: int = 16) -> float:
@@ -269,6 +385,113 @@ def summary(g: Profile, k: int) -> dict[str, object]:
             row[f"w {name}"], row[name] = solve(g, k, nonnegative, reading)
     row["Laplacian bound"] = laplacian_filter(g, k)[1]
     return row
+
+
+def by_norm(profiles: Mapping[str, Profile], ks: Sequence[int] = (1, 2)) -> pd.DataFrame:
+    """Theorem 2 under each weight norm and sign (Noise chapter), max-min reading.
+
+    One row per norm, sign ("signed" or "w >= 0"), profile and k: the optimal value, the
+    centre-only gap g(0) - g(1) (the centre-only filter has unit norm in every norm, so it attains
+    that gap in each), the optimum's relative gain over it, the optimal weights, and whether they
+    are the centre-only filter.
+    """
+    rows = []
+    for norm, nonnegative, (name, g), k in itertools.product(NORMS, (False, True), profiles.items(), ks):
+        w, value = solve(g, k, nonnegative, norm=norm)
+        rows.append({"norm": norm, "weights": "w >= 0" if nonnegative else "signed", "profile": name, "k": k,
+                     "value": value, "centre-only gap": g(0) - g(1), "gain": value / (g(0) - g(1)) - 1,
+                     "w": w, "optimum is centre-only": bool(np.allclose(w, np.eye(2 * k + 1)[k], atol=1e-9))})
+    return pd.DataFrame(rows)
+
+
+def laplace_linf_certificate() -> dict[str, object]:
+    """Theorem 2 under L-infinity for g(x) = r^|x| (r = e^(-1/tau) < 1), k = 1, in closed form (Noise
+    chapter). The filter w = (-t, 1, -t) with t = r / (1 + r^2); its gap a_x . w for a symbolic x >= 1
+    (x = -1, -2, ... by symmetry); and p = sum_x l_x a_x for multipliers alpha / 2 on x = 1 and on
+    x = -1 and 1 - alpha on the limit x -> infinity, (g(j))_j, with alpha = 2r / (1 + r^2). If every
+    gap and p_0 equal V = (1 - r^2) / (1 + r^2) = tanh(1/tau) and p_{+-1} = 0, then V is the optimum:
+    every admissible w' has min_x a_x . w' <= p . w' <= ||p||_1 = V, and w attains it.
+    """
+    r, x = sympy.symbols("r x", positive=True)
+    t, alpha = r / (1 + r**2), 2 * r / (1 + r**2)
+    w = [-t, sympy.Integer(1), -t]
+    a_1, a_minus_1 = ([r ** abs(j) - r ** abs(y + j) for j in (-1, 0, 1)] for y in (1, -1))
+    limit = [r, 1, r]
+    gap = sum(wj * (r ** abs(j) - r ** (x + j)) for j, wj in zip((-1, 0, 1), w))
+    return {
+        "r": r,
+        "w": w,
+        "value": (1 - r**2) / (1 + r**2),
+        "gap": sympy.simplify(gap),
+        "p": [sympy.simplify(alpha * (u + v) / 2 + (1 - alpha) * l) for u, v, l in zip(a_1, a_minus_1, limit)],
+    }
+
+
+# ---------------------------------------------------------------- decay and the centre weight
+
+
+def snr_optimal_beta(g: Profile, bounds: tuple[float, float] = (-0.5, 1.0)) -> float:
+    """The neighbour weight beta of the k = 1 filter (beta, 1, beta) with the largest worst-case
+    signal-to-noise ratio (:func:`worst_snr`), to 1e-8 (Noise chapter)."""
+    best = minimize_scalar(lambda b: -worst_snr(g, neighbour_filter(b)), bounds=bounds, method="bounded",
+                           options={"xatol": 1e-8})
+    return float(best.x)
+
+
+def decay_families() -> dict[str, list[tuple[float, Profile]]]:
+    """Profile families, each member (parameter, g) listed from slow to fast decay (Noise chapter).
+
+    Gaussians narrower than sigma = 0.5 underflow to 0 within the solver's range; wider than 0.9
+    they break the convexity assumption.
+    """
+    return {
+        "Laplace exp(-a|x|), a": [(a, laplace(1 / a)) for a in (0.25, 0.5, 1, 1.5, 2, 3)],
+        "Gaussian, sigma": [(s, gaussian(s)) for s in (0.9, 0.8, 0.7, 0.6, 0.5)],
+        "Cauchy 1/(1+x^2/c), c": [(c, cauchy(c)) for c in (1.9, 1, 0.5, 0.25, 0.1)],
+        "power (1+|x|)^-p, p": [(p, power(p)) for p in (0.5, 1, 2, 3, 4)],
+    }
+
+
+def centre_share(weights: Sequence[float]) -> float:
+    """|w_0| / ||w||_2: the centre weight of a filter scaled to unit L2 norm."""
+    w = _filter(weights)
+    return float(abs(w[len(w) // 2]) / np.linalg.norm(w))
+
+
+def centre_weights(g: Profile) -> dict[str, float]:
+    """The centre share of the k = 1 filter that each criterion picks (Noise chapter): the max-min
+    optimum (w >= 0, the same in every norm; signed under L2 and L-infinity), the filter with the
+    best worst-case signal-to-noise ratio, and the matched filter w proportional to g."""
+    return {
+        "max-min, w >= 0": centre_share(solve(g, 1, True)[0]),
+        "max-min, signed, l2": centre_share(solve(g, 1)[0]),
+        "max-min, signed, linf": centre_share(solve(g, 1, norm="linf")[0]),
+        "worst-case SNR": centre_share(neighbour_filter(snr_optimal_beta(g))),
+        "matched filter": centre_share([g(-1), g(0), g(1)]),
+    }
+
+
+def centre_weight_table(families: Mapping[str, Sequence[tuple[float, Profile]]]) -> pd.DataFrame:
+    """:func:`centre_weights` for every member of each family, with the step ratio
+    d_1 / d_0 = (g(1) - g(2)) / (g(0) - g(1)) and whether the signed L2 optimum is the Laplacian
+    filter b / ||b|| (Theorem 2' (b)); rows in the families' order (Noise chapter)."""
+    rows = []
+    for family, members in families.items():
+        for parameter, g in members:
+            closed = abs(solve(g, 1)[1] - laplacian_filter(g, 1)[1]) < TOLERANCE
+            rows.append({"family": family, "parameter": parameter, "step ratio": (g(1) - g(2)) / (g(0) - g(1)),
+                         "optimum b/|b|": closed, **centre_weights(g)})
+    return pd.DataFrame(rows)
+
+
+def trend(values: Sequence[float], tol: float = 1e-9) -> str:
+    """How a sequence moves: "rises", "falls", "constant" (every step within tol) or "not monotone"."""
+    steps = np.diff(np.asarray(values, dtype=float))
+    if (np.abs(steps) <= tol).all():
+        return "constant"
+    if (steps > tol).all():
+        return "rises"
+    return "falls" if (steps < -tol).all() else "not monotone"
 
 
 # ---------------------------------------------------------------- Table 2, symbolically

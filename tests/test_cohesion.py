@@ -9,6 +9,7 @@ from functools import cache
 import numpy as np
 import pytest
 import sympy
+from matplotlib.figure import Figure
 
 from locolib import cohesion as co
 
@@ -64,8 +65,11 @@ def test_total_force_against_double_loop():
     symbolic = co.mass_matrix(3)
     for m, q in [(masses, 2), (masses, 1), (masses, 3), (symbolic, 2), (symbolic, co.Q)]:
         assert sympy.simplify(2 * co.total_force(m, q) - brute_total(m, q)) == 0
-    pairs = co.pair_forces(masses)
-    assert len(pairs) == 16 * 15 // 2 and sum(pairs.values()) == co.total_force(masses)
+    pairs = co.pair_forces(masses)  # each unordered pair once, by direct loops
+    for (a, b), force in pairs.items():
+        d2 = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
+        assert force == sympy.Integer(masses[a[0]][a[1]] * masses[b[0]][b[1]]) / d2
+    assert sorted(itertools.chain(*pairs)) == sorted(co.positions(4) * 15)
 
 
 @pytest.mark.parametrize("q", [1, 2, 3, sympy.Rational(5, 2), co.Q])
@@ -185,6 +189,48 @@ def test_bounds_invariant_under_grid_symmetries(k, q):
         assert all(co.epsilon_bound(g(a), g(b), k, q) == bound for g in maps), (a, b)
 
 
+def test_vertex_minimum_and_tightness_by_exhaustion():
+    for (a, b), (bound, heavy) in PAPER_PAIRS.items():
+        gap, masses = co.vertex_minimum(a, b, epsilon=bound)
+        assert gap == 0 and masses == co.worst_case(a, b, epsilon=bound)
+        assert {p for p in co.positions(3) if masses[p] != 1} == heavy
+        assert co.vertex_minimum(a, b, epsilon=bound + sympy.Rational(1, 1000))[0] < 0
+        assert co.vertex_minimum(a, b, epsilon=bound - sympy.Rational(1, 1000))[0] > 0
+    # a wrong bound is not tight: the exhaustive minimum at it is not 0
+    assert co.vertex_minimum(CENTRE, NEIGHBOUR, epsilon=sympy.Rational(2, 3))[0] > 0
+    assert co.vertex_minimum(CENTRE, NEIGHBOUR, epsilon=sympy.Rational(7, 10))[0] < 0
+    # centre vs corner: the positions equidistant from both do not matter; the lightest minimiser
+    gap, masses = co.vertex_minimum(CENTRE, CORNER, epsilon=co.epsilon_bound(CENTRE, CORNER))
+    assert gap == 0 and {p for p in co.positions(3) if masses[p] != 1} == {CENTRE}
+    with pytest.raises(ValueError, match="too many"):
+        co.vertex_minimum(CENTRE, NEIGHBOUR, k=5, epsilon=1)
+
+
+def test_pathological_heavy_corner():
+    assert co.heavy_threshold(CENTRE, NEIGHBOUR, CORNER) == sympy.Rational(37, 10)
+    m = sympy.ones(3, 3)
+    for corner, sign in ((sympy.Rational(37, 10) - sympy.Rational(1, 100), 1), (sympy.Rational(37, 10), 0),
+                         (sympy.Rational(37, 10) + sympy.Rational(1, 100), -1)):
+        m[CORNER] = corner
+        assert sympy.sign(brute_gap(np.array(m.tolist()), CENTRE, NEIGHBOUR)) == sign
+    thresholds = [float(co.heavy_threshold(CENTRE, NEIGHBOUR, CORNER, q=q)) for q in (1, 2, 3)]
+    assert [round(t, 4) for t in thresholds] == [4.4818, 3.7, 3.1707]
+    # a heavy far corner (2, 2) does not favour the neighbour (0, 1): it is nearer the centre
+    assert co.heavy_threshold(CENTRE, NEIGHBOUR, (2, 2)) == sympy.oo
+    # the paper's Figure 3: in the most cohesive window (the 6 at its centre) the 3 beside the 6 beats the centre
+    red = sympy.Matrix(co.FIGURE3_INPUT)[1:4, 5:8]
+    assert brute_gap(np.array(red.tolist()), (1, 2), CENTRE) == sympy.Rational(2, 5)
+
+
+def test_spread_and_the_theorems_reach():
+    assert co.spread([[1, 2], [3, 2]]) == 2 and co.spread(sympy.ones(3, 3)) == 0
+    assert co.spread([[0, 1], [1, 1]]) == sympy.oo and co.spread(sympy.zeros(2, 2)) == 0
+    grid = np.array(co.FIGURE3_INPUT)
+    spreads = [co.spread(grid[i:i + 3, j:j + 3].tolist()) for i in range(4) for j in range(14)]
+    assert sum(s == sympy.oo for s in spreads) == 41
+    assert sorted(s for s in spreads if s < sympy.Rational(27, 40)) == [sympy.Rational(1, 2)] * 2
+
+
 def test_failing_and_tied_orderings():
     assert co.epsilon_bound(CORNER, CENTRE) == 0 and not co.is_tight(CORNER, CENTRE)
     assert co.epsilon_bound((0, 1), (1, 0)) == 0  # same ring: equal at uniform masses
@@ -293,3 +339,12 @@ def test_input_validation():
     assert co.epsilon_bound(np.array([1, 1]), np.array([0, 1])) == sympy.Rational(27, 40)
     with pytest.raises(ValueError, match="different"):
         co.epsilon_bound(CENTRE, (1, 1))
+
+
+def test_draw_particles():
+    ax = Figure().subplots()
+    window = sympy.Matrix([[1, 2, 2], [2, 6, 3], [1, 3, 2]])
+    co.draw_particles(ax, window, scale=18, title="red")
+    widths = sorted(p.get_linewidth() for p in ax.patches)
+    assert len(ax.patches) == 36 and widths[-1] == pytest.approx(8)  # the strongest bond, 6 * 3 / 1
+    assert len(ax.collections) == 9 and ax.get_title() == "red"

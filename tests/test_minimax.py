@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import sympy
-from scipy.optimize import minimize, minimize_scalar, nnls
+from scipy.optimize import linprog, minimize, nnls
 
 from locolib import minimax as mm
 
@@ -117,9 +117,11 @@ def test_grid_profiles_satisfy_the_assumptions_and_wide_gaussians_do_not():
     assert mm.check_assumptions(mm.gaussian(0.91))["convex"] == 0  # g(0)-g(1) < g(1)-g(2)
 
 
-def test_bad_reading_and_weights_are_rejected():
+def test_bad_reading_norm_and_weights_are_rejected():
     with pytest.raises(ValueError, match="reading"):
         mm.solve(mm.laplace(1), reading="max")
+    with pytest.raises(ValueError, match="norm"):
+        mm.solve(mm.laplace(1), norm="l3")
     with pytest.raises(ValueError, match="weights"):
         mm.worst_gap(mm.laplace(1), [1.0, 2.0])
 
@@ -246,6 +248,167 @@ def test_minmax_reading(name, k):
         assert max(abs(w[k - 1]), abs(w[k + 1])) > 0.05  # the theorem's w_{+-1} = 0 fails here too
 
 
+# ---------------------------------------------------------------- other norms
+
+
+def limit_rows(g, k, x_max=40):
+    """The a_x rows for 0 < |x| <= x_max and their limit (g(j))_j: every grid profile decays to 0."""
+    return np.vstack([gaps(g, k, x_max), [g(j) for j in range(-k, k + 1)]])
+
+
+@pytest.mark.parametrize("name, k", CASES)
+def test_centre_only_is_the_unique_optimum_for_w_nonnegative_in_every_norm_and_signed_l1(name, k):
+    g = GRID[name]
+    for norm, nonnegative in [("l1", False), ("l1", True), ("l2", True), ("linf", True)]:
+        w, value = mm.solve(g, k, nonnegative, norm=norm)
+        assert np.allclose(w, np.eye(2 * k + 1)[k], atol=1e-9), (norm, nonnegative)
+        assert abs(value - (g(0) - g(1))) < 1e-10, (norm, nonnegative)
+    # the proofs' bound: min(a_1 . w, a_-1 . w) <= b . w <= ||b||_inf ||w||_1 = b_0 = g(0) - g(1)
+    b = mm.laplacian_filter(g, k)[0] * mm.laplacian_filter(g, k)[1]
+    assert abs(b[k] - (g(0) - g(1))) < 1e-12 and (np.abs(np.delete(b, k)) < b[k] / 2).all()
+
+
+@pytest.mark.parametrize("name, k", CASES)
+def test_linf_signed_weights_beat_centre_only(name, k):
+    g = GRID[name]
+    w, value = mm.solve(g, k, norm="linf")
+    d0 = g(0) - g(1)
+    assert value > d0 + 1e-3
+    assert abs(np.abs(w).max() - 1) < 1e-12 and abs(mm.worst_gap(g, w) - value) < 1e-10
+    # Hoelder: min(a_1 . w, a_-1 . w) <= b . w <= ||b||_1 = 2 d0 - d_k, and the L2 optimum is worse
+    b = mm.laplacian_filter(g, k)[0] * mm.laplacian_filter(g, k)[1]
+    assert value <= np.abs(b).sum() + 1e-12 and abs(np.abs(b).sum() - (2 * d0 - (g(k) - g(k + 1)))) < 1e-12
+    assert value > mm.solve(g, k)[1] + 1e-3
+    # the book's perturbation e_0 - t (e_-1 + e_1) keeps unit L-infinity norm and gains on d0
+    t = 0.1
+    assert mm.worst_gap(g, np.eye(2 * k + 1)[k] - t * (np.eye(2 * k + 1)[k - 1] + np.eye(2 * k + 1)[k + 1])) > d0
+
+
+@pytest.mark.parametrize("name", ["Laplace tau=1", "Cauchy c=1", "power p=0.5"])
+@pytest.mark.parametrize("norm, nonnegative", [("l1", False), ("linf", False), ("linf", True)])
+def test_lp_against_brute_force_over_the_ball_k1(name, norm, nonnegative):
+    g = GRID[name]
+    A = limit_rows(g, 1)
+    t = np.linspace(0 if nonnegative else -1, 1, 41)
+    best = np.stack(np.meshgrid(t, t, t), -1).reshape(-1, 3)
+    for h in [None, *10.0 ** -np.arange(2, 9)]:  # a grid of the cube, then ever finer grids around the best
+        cand = best if h is None else best + np.stack(np.meshgrid(*[np.linspace(-h, h, 21)] * 3), -1).reshape(-1, 3)
+        cand = np.clip(cand, 0 if nonnegative else -1, 1)
+        cand = cand[np.linalg.norm(cand, mm.NORMS[norm], axis=1) > 0]
+        cand /= np.linalg.norm(cand, mm.NORMS[norm], axis=1, keepdims=True)
+        best = cand[(cand @ A.T).min(1).argmax()]
+    w, value = mm.solve(g, 1, nonnegative, norm=norm)
+    brute = (A @ best).min()
+    assert brute <= value + 1e-12 and value - brute < 1e-7
+
+
+@pytest.mark.parametrize("name, k", [(n, k) for n in GRID for k in (2, 3)])
+def test_linf_agrees_with_an_interior_point_solver(name, k):
+    g = GRID[name]
+    A = limit_rows(g, k, 60 if name.startswith("Gaussian") else 400)
+    n = 2 * k + 1
+    res = linprog(np.r_[np.zeros(n), -1], A_ub=np.c_[-A, np.ones(len(A))], b_ub=np.zeros(len(A)),
+                  bounds=[(-1, 1)] * n + [(None, None)], method="highs-ipm")
+    assert abs(-res.fun - mm.solve(g, k, norm="linf")[1]) < 1e-7
+
+
+def test_linf_certificate_for_laplace_profiles():
+    c = mm.laplace_linf_certificate()
+    r, value = c["r"], c["value"]
+    assert sympy.simplify(c["gap"] - value) == 0 and c["p"][0] == c["p"][2] == 0
+    assert sympy.simplify(c["p"][1] - value) == 0
+    for tau in (0.5, 1, 2, 5):
+        g, rv = mm.laplace(tau), math.exp(-1 / tau)
+        w = np.array([float(v.subs(r, rv)) for v in c["w"]])
+        V, alpha = math.tanh(1 / tau), 2 * rv / (1 + rv**2)
+        assert abs(float(value.subs(r, rv)) - V) < 1e-15
+        A = limit_rows(g, 1, 60)  # rows x = -60..-1, 1..60 and the limit
+        assert np.allclose(A @ w, V, atol=1e-12)  # every competitor ties
+        p = alpha / 2 * (A[59] + A[60]) + (1 - alpha) * A[-1]  # x = -1, x = 1 and the limit
+        assert np.allclose(p, [0, V, 0], atol=1e-12)
+        w_solved, solved = mm.solve(g, 1, norm="linf")
+        assert abs(solved - V) < 1e-10 and np.allclose(w_solved, w, atol=1e-9)
+
+
+def test_l2_counterexample_in_closed_form():
+    d0 = 1 - math.exp(-1)  # e^-|x|, k = 1: the optimum is b / ||b||, ||b|| = d0 sqrt(1 + (d0 - d1)^2 / (2 d0^2))
+    assert abs(mm.solve(mm.laplace(1), 1)[1] - d0 * math.sqrt(1 + d0**2 / 2)) < 1e-12
+
+
+def test_every_p_norm_above_one_admits_a_better_signed_filter():
+    g = mm.laplace(1)
+    d0, t = g(0) - g(1), 0.01
+    w = np.array([-t, 1, -t])
+    for p in (1.5, 2, 3, math.inf):
+        assert mm.worst_gap(g, w / np.linalg.norm(w, p)) > d0  # the normalisation costs O(t^p)
+    assert mm.worst_gap(g, w / np.linalg.norm(w, 1)) < d0  # under L1 it costs 2t
+
+
+def test_negative_sum_filters_are_bounded_at_infinity():
+    g = mm.cauchy(1)  # slow decay: the L-infinity optimum for k = 2 sums to < 0 and binds at infinity
+    w, value = mm.solve(g, 2, norm="linf")
+    assert w.sum() < 0 and abs(value - w @ [g(j) for j in range(-2, 3)]) < 1e-10
+    assert abs(mm.solve(g, 2, norm="linf", x_max=64)[1] - value) < 1e-10
+    assert mm._tail_bound(lambda x: 1 - abs(x) / 100, w, 200) == -math.inf  # g < 0 there: no bound
+
+
+@pytest.mark.parametrize("norm", ["l1", "linf"])
+def test_minmax_reading_in_other_norms(norm):
+    dual = {"l1": math.inf, "linf": 1}[norm]
+    for name, k in CASES[::3]:
+        g = GRID[name]
+        A = gaps(g, k, 40)
+        for nonnegative in (False, True):
+            w, value = mm.solve(g, k, nonnegative, "minmax", norm=norm)
+            rows = np.clip(A, 0, None) if nonnegative else A
+            assert abs(value - np.linalg.norm(rows, dual, axis=1).min()) < 1e-12
+            assert abs(np.linalg.norm(w, mm.NORMS[norm]) - 1) < 1e-12
+            binding = rows[np.linalg.norm(rows, dual, axis=1) < value + 1e-12]
+            assert (np.abs(binding @ w - value) < 1e-12).any()  # w is best against a binding x
+            assert value >= mm.solve(g, k, nonnegative, norm=norm)[1] - 1e-12  # weak duality
+
+
+def test_by_norm_table():
+    table = mm.by_norm({n: GRID[n] for n in ("Laplace tau=1", "power p=2")}, ks=(1,))
+    assert len(table) == 3 * 2 * 2
+    holds = (table.gain.abs() < 1e-9).groupby([table.norm, table.weights]).all()
+    assert holds.to_dict() == {("l1", "signed"): True, ("l1", "w >= 0"): True, ("l2", "signed"): False,
+                               ("l2", "w >= 0"): True, ("linf", "signed"): False, ("linf", "w >= 0"): True}
+    assert (table["optimum is centre-only"] == (table.gain.abs() < 1e-9)).all()
+
+
+# ---------------------------------------------------------------- decay and the centre weight
+
+
+def test_snr_optimal_beta_against_a_grid():
+    g = mm.laplace(2)
+    betas = np.linspace(-0.5, 1, 1501)
+    snr = [mm.worst_snr(g, mm.neighbour_filter(b)) for b in betas]
+    assert abs(mm.snr_optimal_beta(g) - betas[int(np.argmax(snr))]) <= 1e-3
+
+
+def test_trend():
+    assert [mm.trend(v) for v in ([1, 2, 3], [3, 2, 1], [1, 1, 1], [1, 3, 2])] == [
+        "rises", "falls", "constant", "not monotone"]
+
+
+def test_faster_decay_and_the_centre_weight():
+    table = mm.centre_weight_table(mm.decay_families())
+    criteria = ["max-min, w >= 0", "max-min, signed, l2", "max-min, signed, linf", "worst-case SNR", "matched filter"]
+    trends = table.groupby("family", sort=False)[["step ratio", *criteria]].agg(mm.trend)
+    assert (trends["step ratio"] == "falls").all()  # each family is listed from slow to fast decay
+    assert (trends["max-min, w >= 0"] == "constant").all() and (table["max-min, w >= 0"] == 1).all()
+    assert (trends["max-min, signed, l2"] == "not monotone").all()
+    assert (trends[["max-min, signed, linf", "worst-case SNR", "matched filter"]] == "rises").all(axis=None)
+    # the L2 optimum's centre weight falls while b/|b| is optimal, 1/sqrt(1 + (1 - d1/d0)^2 / 2), then rises
+    for _, rows in table.groupby("family", sort=False):
+        closed = rows[rows["optimum b/|b|"]]
+        assert rows["optimum b/|b|"].is_monotonic_decreasing and closed.size
+        assert np.allclose(closed["max-min, signed, l2"], 1 / np.sqrt(1 + (1 - closed["step ratio"]) ** 2 / 2))
+        assert len(closed) == 1 or mm.trend(closed["max-min, signed, l2"]) == "falls"
+        assert mm.trend(rows.loc[~rows["optimum b/|b|"], "max-min, signed, l2"]) == "rises"
+
+
 # ---------------------------------------------------------------- the variance
 
 
@@ -282,8 +445,9 @@ def test_which_weights_minimise_which_variance():
     # far competitors, sum(w) = 1: uniform is the unique minimiser, 2 s^2 / (2k+1)
     assert abs(mm.variance(uniform, 5) - 2 / n) < 1e-12
     assert all(mm.variance(w, 5) > 2 / n for w in others)
-    # unit L2 norm: the far variance is the constant 2 s^2
-    assert all(abs(mm.variance(w / np.linalg.norm(w), 5) - 2) < 1e-12 for w in others[:50])
+    # unit L2 norm: the far variance is the constant 2 s^2 (from the noise coefficients, not `variance`)
+    far = sympy.lambdify([mm.weight_symbols(k)], mm.difference_variance(5, k).subs(mm.S, 1))
+    assert all(abs(far(w / np.linalg.norm(w)) - 2) < 1e-12 for w in others[:50])
     # nearest competitor, sum(w) = 1: (3, 4, 3) / 10 beats uniform
     assert mm.variance([0.3, 0.4, 0.3], 1) < mm.variance(uniform, 1) - 0.02
     assert abs(mm.variance([0.3, 0.4, 0.3], 1) - 0.2) < 1e-12
@@ -321,8 +485,7 @@ def test_trade_off_along_the_neighbour_filters():
     beta_e = mm.solve(g, 1)[0][0] / mm.solve(g, 1)[0][1]
     gap = [mm.worst_gap(g, w) for w in filters]
     snr = [mm.worst_snr(g, w) for w in filters]
-    beta_snr = minimize_scalar(lambda b: -mm.worst_snr(g, mm.neighbour_filter(b)), bounds=(-0.3, 1),
-                               method="bounded", options={"xatol": 1e-8}).x
+    beta_snr = mm.snr_optimal_beta(g)
     beta_matched = g(1) / g(0)
     assert beta_e < 0 < beta_snr < beta_matched < 1
     assert abs(betas[np.argmax(gap)] - beta_e) <= step and abs(betas[np.argmax(snr)] - beta_snr) <= step
