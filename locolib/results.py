@@ -114,7 +114,8 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
     if not isinstance(rec, dict) or "format" not in rec:
         raise InvalidRecord(path, "not a training record")
     if rec["format"] != RECORD_FORMAT:
-        raise InvalidRecord(path, f"record format {rec['format']!r}, this locolib reads {RECORD_FORMAT}")
+        raise InvalidRecord(path, f"record format {rec['format']!r}, this locolib reads "
+                                  f"{RECORD_FORMAT}")
     if rec.get("training_version") != TRAINING_VERSION:
         raise InvalidRecord(path, f"training version {rec.get('training_version')!r}, this code's is "
                                   f"{TRAINING_VERSION}")
@@ -238,7 +239,8 @@ class RunLock:
     def describe(self, info: dict[str, Any]) -> str:
         """Who holds the lock, for messages."""
         if not _has_owner(info):
-            return f"{self.path} names no owner (empty or damaged, {info.get('age_s', 0.0):.0f} s old)"
+            return (f"{self.path} names no owner (empty or damaged, "
+                    f"{info.get('age_s', 0.0):.0f} s old)")
         return (f"{self.path.name} is held by pid {info['pid']} on {info['host']!r} "
                 f"(heartbeat {info.get('age_s', 0.0):.0f} s ago)")
 
@@ -412,8 +414,8 @@ def iter_records(results_dir: str | Path | None = None) -> Iterator[tuple[Path, 
         yield p, rec
     if skipped:
         n = sum(map(len, skipped.values()))
-        warnings.warn(f"{results_dir}: {n} file(s) skipped, not records of this code: "
-                      + "; ".join(f"{reason}: {', '.join(names)}" for reason, names in skipped.items()),
+        what = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in skipped.items())
+        warnings.warn(f"{results_dir}: {n} file(s) skipped, not records of this code: {what}",
                       RunFileWarning, stacklevel=2)
 
 

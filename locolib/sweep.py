@@ -80,8 +80,9 @@ def _loco_for(loco_params: Mapping | None, dataset: str, network: str) -> dict[s
                 return {"gamma": v["gamma"], "eta": v["eta"]}
             if isinstance(v, (list, tuple)) and len(v) == 2:
                 return {"gamma": v[0], "eta": v[1]}
-            raise ValueError(f"loco_params (--loco-params) for {dataset}/{network} must give both gamma and eta, "
-                             f"as {{\"gamma\": ..., \"eta\": ...}} or [gamma, eta]; got {v!r}")
+            raise ValueError(f"loco_params (--loco-params) for {dataset}/{network} must give "
+                             f'both gamma and eta, as {{"gamma": ..., "eta": ...}} or '
+                             f"[gamma, eta]; got {v!r}")
     raise ValueError(f"loco_params has no entry for {dataset}/{network}")
 
 
@@ -168,7 +169,8 @@ def parse_seeds(text: str) -> list[int]:
         except ValueError:
             raise ValueError(f"bad seeds {part!r}: use e.g. 0-19, 5 or 0,2,5-7 (non-negative)") from None
         if b - a + 1 + len(seeds) > MAX_RUNS:
-            raise ValueError(f"seeds {text!r}: more than {MAX_RUNS} seeds, the most one sweep may have")
+            raise ValueError(f"seeds {text!r}: more than {MAX_RUNS} seeds, the most one sweep "
+                             "may have")
         seeds.update(range(a, b + 1))
     if not seeds:
         raise ValueError("no seeds given")
@@ -180,7 +182,8 @@ def sweep_status(configs: Sequence[RunConfig], results_dir=None, checkpoint_dir=
     return [run_status(c, results_dir, checkpoint_dir) for c in configs]
 
 
-def print_status(configs: Sequence[RunConfig], results_dir=None, checkpoint_dir=None) -> dict[str, int]:
+def print_status(configs: Sequence[RunConfig], results_dir=None,
+                 checkpoint_dir=None) -> dict[str, int]:
     """Print every run's status and key, then a summary line; return the count of each status.
     Reads only: files that are not records are named in warnings, never moved."""
     status = sweep_status(configs, results_dir, checkpoint_dir)

@@ -206,6 +206,9 @@ def _dirs(results_dir, checkpoint_dir) -> tuple[Path, Path]:
     return results_dir, checkpoint_dir
 
 
+_CHECKPOINT_KEYS = {"key", "epoch", "model", "optimizer", "history", "elapsed_s", "segments"}
+
+
 def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) -> dict | None:
     """The checkpoint of ``config`` at ``path``, or None if there is none or it is not usable:
     unreadable (with atomic writes only after disk trouble) or of another run. An unusable file
@@ -214,12 +217,13 @@ def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) 
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        problem = None if isinstance(state, dict) and state.get("key") == config.key and \
-            0 < state.get("epoch", 0) <= config.epochs else "checkpoint of another run"
     except Exception as err:  # noqa: BLE001 -- any unreadable file means "no usable checkpoint"
         problem = f"unreadable checkpoint ({str(err).splitlines()[0]})"
-    if problem is None:
-        return state
+    else:
+        if (isinstance(state, dict) and _CHECKPOINT_KEYS <= state.keys()
+                and state["key"] == config.key and 0 < state["epoch"] <= config.epochs):
+            return state
+        problem = "checkpoint of another run"
     _reject_checkpoint(path, problem, move_invalid)
     return None
 

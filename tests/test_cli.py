@@ -67,7 +67,8 @@ def test_documented_command_runs_as_written(command, capsys):
         ["bash", "-c", f"set -- {command[m.end():]}; printf '%s\\0' \"$@\""],
         env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"},
         capture_output=True, text=True, check=True).stdout.split("\0")[:-1]
-    module, _, function = (SCRIPTS[m["script"]] if m["script"] else f"{m['module']}:main").partition(":")
+    entry = SCRIPTS[m["script"]] if m["script"] else f"{m['module']}:main"
+    module, _, function = entry.partition(":")
     try:
         status = getattr(importlib.import_module(module), function)([*argv, "--dry-run"])
     except SystemExit as exit_:
@@ -176,7 +177,8 @@ def test_ctrl_c_leaves_a_message_no_lock_and_a_resumable_run(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err and "run the same command again" in err.lower()
+    assert "Traceback" not in err and "interrupted" in err
+    assert "run the same command again" in err.lower()
     assert not list(ck.parent.glob("*.lock")), "the lock is released"
     done = torch.load(ck, weights_only=True)["epoch"]
     assert 1 <= done < 30
