@@ -42,28 +42,38 @@ def toc_notebooks(root: Path) -> list[Path]:
     return notebooks
 
 
-def stage(root: Path, staging: Path, profile: str) -> Path:
-    """Copy the book's sources to ``staging`` and execute each notebook there; return ``staging``."""
+def copy_sources(root: Path, staging: Path) -> Path:
+    """Copy the book's sources (``book/``, ``_config.yml``) to an empty ``staging``; return it."""
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(root / "book", staging / "book")
     shutil.copy2(root / "_config.yml", staging / "_config.yml")
-    for notebook in toc_notebooks(root):
-        # A chapter without a setting for this profile (no GPU work in it, say) shows its default.
-        chosen = profile if profile in read_parameters(notebook).get("profiles", {}) else "default"
-        start = time.perf_counter()
-        print(f"executing {notebook.relative_to(root)} (profile {chosen}) ...", flush=True)
-        run_notebook(notebook, staging / notebook.relative_to(root), profile=chosen)
-        print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
     return staging
 
 
-def build(root: Path, path_output: Path, profile: str = "default") -> Path:
-    """Execute and render the whole book; return ``path_output/_build/html``.
+def execute_chapter(root: Path, notebook: Path, staging: Path, profile: str) -> Path:
+    """Execute ``notebook`` (under ``root``) into its place in ``staging``; return that path."""
+    # A chapter without a setting for this profile (no GPU work in it, say) shows its default.
+    chosen = profile if profile in read_parameters(notebook).get("profiles", {}) else "default"
+    start = time.perf_counter()
+    print(f"executing {notebook.relative_to(root)} (profile {chosen}) ...", flush=True)
+    executed = run_notebook(notebook, staging / notebook.relative_to(root), profile=chosen)
+    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
+    return executed
 
-    Fails on any cell error (papermill raises) and on any Sphinx warning (``-W``).
-    """
-    staging = stage(root, path_output / "_build" / "stage", profile)
+
+def stage(root: Path, staging: Path, profile: str) -> Path:
+    """Copy the book's sources to ``staging`` and execute each notebook there; return ``staging``."""
+    copy_sources(root, staging)
+    for notebook in toc_notebooks(root):
+        execute_chapter(root, notebook, staging, profile)
+    return staging
+
+
+def render(staging: Path, path_output: Path) -> Path:
+    """Render the executed book in ``staging`` with jupyter-book; return ``path_output/_build/html``.
+
+    Fails on any Sphinx warning (``-W``)."""
     command = [
         sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staging),
         "--path-output", str(path_output),
@@ -73,6 +83,14 @@ def build(root: Path, path_output: Path, profile: str = "default") -> Path:
     ]
     subprocess.run(command, check=True)
     return path_output / "_build" / "html"
+
+
+def build(root: Path, path_output: Path, profile: str = "default") -> Path:
+    """Execute and render the whole book; return ``path_output/_build/html``.
+
+    Fails on any cell error (papermill raises) and on any Sphinx warning (``-W``).
+    """
+    return render(stage(root, path_output / "_build" / "stage", profile), path_output)
 
 
 def find_root(start: Path) -> Path:

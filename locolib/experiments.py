@@ -114,18 +114,13 @@ def book_plan(
 
 def finished_records(configs: Iterable[RunConfig],
                      results_dir: str | Path | None = None) -> list[dict]:
-    """The stored records of those ``configs`` that are finished, in order; trains nothing."""
-    from locolib.io import read_json
+    """The stored records of those ``configs`` that are finished, in order; trains nothing
+    (files that are not valid records are named in a warning: :func:`locolib.results.read_record`)."""
+    from locolib.results import finished_record
     from locolib.train import result_path
 
-    out = []
-    for c in configs:
-        p = result_path(c, results_dir)
-        if p.is_file():
-            rec = read_json(p)
-            if rec.get("key") == c.key:
-                out.append(rec)
-    return out
+    records = (finished_record(result_path(c, results_dir), c.key) for c in configs)
+    return [r for r in records if r is not None]
 
 
 # --------------------------------------------------------------------------------------------

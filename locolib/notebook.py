@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from locolib.results import RESULTS_ENV
 
 PROFILES = ("smoke", "default", "gpu")
 
@@ -56,12 +60,18 @@ def run_notebook(
     parameters: Mapping[str, Any] | None = None,
     timeout: int | None = 3600,
     progress: bool = False,
+    results_dir: str | Path | None = None,
 ) -> Path:
     """Execute ``source`` headless with papermill into ``output`` and return ``output``.
 
     The notebook runs in its own folder (so relative paths behave as in Jupyter) with
     ``profile`` and any extra ``parameters`` injected after its ``parameters`` cell. A failing
     cell raises ``papermill.PapermillExecutionError``; the output notebook keeps the traceback.
+
+    ``results_dir``: the training records' folder of the notebook (``$LOCOLIB_RESULTS`` in its
+    kernel). By default the ``smoke`` profile, whose runs only exercise code, keeps its records
+    in ``smoke-results/`` beside ``output`` (unless ``$LOCOLIB_RESULTS`` is set), so that it never
+    adds records to the repository's ``results/``; the other profiles use the repository's.
     """
     import papermill
 
@@ -69,17 +79,37 @@ def run_notebook(
     if not source.is_file():
         raise FileNotFoundError(f"no notebook at {source}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        str(source),
-        str(output),
-        parameters={"profile": profile, **(parameters or {})},
-        cwd=str(source.parent),
-        kernel_name="python3",
-        execution_timeout=timeout,
-        progress_bar=progress,
-        log_output=False,
-    )
+    if results_dir is None and profile == "smoke" and not os.environ.get(RESULTS_ENV):
+        results_dir = output.parent / "smoke-results"
+    with _environment(RESULTS_ENV, results_dir):  # the kernel inherits this process's environment
+        papermill.execute_notebook(
+            str(source),
+            str(output),
+            parameters={"profile": profile, **(parameters or {})},
+            cwd=str(source.parent),
+            kernel_name="python3",
+            execution_timeout=timeout,
+            progress_bar=progress,
+            log_output=False,
+        )
     return output
+
+
+@contextmanager
+def _environment(name: str, value: str | Path | None) -> Iterator[None]:
+    """Set the environment variable ``name`` inside the block (nothing if ``value`` is None)."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = str(value)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 COLAB_MARKER = "# Colab: install locolib"

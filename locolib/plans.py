@@ -36,7 +36,7 @@ import pandas as pd
 from locolib.config import RunConfig
 from locolib.data import dataset_spec
 from locolib.experiments import finished_records, history_frame, table6_loco_params
-from locolib.sweep import run_sweep
+from locolib.sweep import print_status, run_sweep
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
 __all__ = ["Arm", "Study", "STUDIES", "study", "run_study", "arm_frame", "arm_history", "main"]
@@ -228,7 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=None, help="results folder")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the study's runs and their status; train nothing")
     a = p.parse_args(argv)
+    if a.dry_run:
+        s = study(a.profile)
+        configs = s.configs([s.parameter_arm, *s.arms])
+        print(f"{a.profile}: {len(configs)} runs, then Table 6's LOCO-REG runs, whose parameters "
+              "come from the first arm's records")
+        print_status(configs, a.results)
+        return 0
     import torch
 
     torch.set_num_threads(a.threads)

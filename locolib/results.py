@@ -7,6 +7,11 @@ This module holds everything about those files that is not training itself:
 * :class:`RunLock` lets several processes (or machines sharing a folder) work through the same
   sweep without doing a run twice;
 * :func:`provenance` collects library versions, the device and the git commit for a record;
+* :func:`read_record` is the one reader of records: training, sweeps, their dry runs and the
+  tables all use it, so they agree on what counts as done. A file that is not a record of this
+  code (damaged, of another format or training version, of another run) is named in a warning
+  and never counted; where a run is about to be trained again, :func:`set_aside` renames it
+  (it is kept, never deleted);
 * :func:`load_results` reads all records into a table, :func:`compare` does Table 5's statistics.
 """
 
@@ -21,16 +26,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from locolib.config import config_fields
+from locolib.config import TRAINING_VERSION, RunConfig, config_fields
 
 __all__ = [
     "RESULTS_ENV",
     "default_results_dir",
+    "RunFileWarning",
+    "InvalidRecord",
+    "read_record",
+    "finished_record",
+    "set_aside",
     "RunLocked",
     "RunLock",
     "provenance",
@@ -68,6 +79,97 @@ def default_results_dir(start: str | Path | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
+# Reading one record; files that are not records
+# --------------------------------------------------------------------------------------------
+class RunFileWarning(UserWarning):
+    """A file of a run (record, checkpoint, lock) was not usable: it is named, never used."""
+
+
+class InvalidRecord(ValueError):
+    """``path`` holds something other than a finished record of this code; ``reason`` says what."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
+    """The record at ``path``, checked to be a finished run of this code (and of run ``key``).
+
+    Raises FileNotFoundError when there is no file, :class:`InvalidRecord` when the file is
+    damaged (not JSON, e.g. truncated), of another format or :data:`locolib.config.TRAINING_VERSION`,
+    of another run than its name (or ``key``) says, or incomplete.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidRecord(path, f"unreadable ({err})") from None
+    try:
+        rec = json.loads(text)
+    except ValueError as err:
+        raise InvalidRecord(path, f"damaged, not valid JSON ({err})") from None
+    if not isinstance(rec, dict) or "format" not in rec:
+        raise InvalidRecord(path, "not a training record")
+    if rec["format"] != RECORD_FORMAT:
+        raise InvalidRecord(path, f"record format {rec['format']!r}, this locolib reads "
+                                  f"{RECORD_FORMAT}")
+    if rec.get("training_version") != TRAINING_VERSION:
+        raise InvalidRecord(path, f"training version {rec.get('training_version')!r}, this code's is "
+                                  f"{TRAINING_VERSION}")
+    expected = key or path.stem
+    if rec.get("key") != expected:
+        raise InvalidRecord(path, f"holds run {rec.get('key')!r}, not {expected!r}")
+    try:
+        own_key = RunConfig.from_dict(rec["config"]).key
+    except (KeyError, TypeError, ValueError) as err:
+        raise InvalidRecord(path, f"its config is not one this code reads ({err})") from None
+    if own_key != expected:
+        raise InvalidRecord(path, f"its config is that of run {own_key!r}")
+    final = rec.get("final")
+    if not (isinstance(final, dict) and isinstance(final.get("test_error"), (int, float))
+            and isinstance(rec.get("history"), list)):
+        raise InvalidRecord(path, "incomplete: no final test error or no history")
+    return rec
+
+
+def set_aside(path: str | Path, reason: str) -> Path | None:
+    """Rename the unusable file ``path`` to ``<name>.invalid-<UTC time>`` (kept for its owner to
+    inspect, never deleted) and warn, naming both. None if another process moved it first."""
+    path = Path(path)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    new = path.with_name(f"{path.name}.invalid-{stamp}-{uuid.uuid4().hex[:4]}")
+    try:
+        os.rename(path, new)
+    except FileNotFoundError:
+        return None
+    warnings.warn(f"{path}: {reason}; not used, kept as {new.name}", RunFileWarning, stacklevel=3)
+    return new
+
+
+def finished_record(path: str | Path, key: str, on_invalid: str = "warn") -> dict[str, Any] | None:
+    """The record of run ``key`` at ``path``, or None when the run is not finished.
+
+    A file there that is not a valid record (:func:`read_record`) means "not finished"; with
+    ``on_invalid="warn"`` a warning names it, ``"set_aside"`` also moves it aside
+    (:func:`set_aside`, for a caller about to train the run again), ``"skip"`` says nothing.
+    """
+    try:
+        return read_record(path, key)
+    except FileNotFoundError:
+        return None
+    except InvalidRecord as err:
+        if on_invalid == "set_aside":
+            set_aside(err.path, err.reason)
+        elif on_invalid == "warn":
+            warnings.warn(f"{err}; not counted as done (training the run sets it aside)",
+                          RunFileWarning, stacklevel=2)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
 # Claiming a run
 # --------------------------------------------------------------------------------------------
 class RunLocked(RuntimeError):
@@ -86,6 +188,9 @@ class RunLock:
     * its heartbeat is older than ``stale_after`` seconds (any host, e.g. a shared Google Drive
       folder written from another machine; default 15 minutes).
 
+    A lock file without an owner (empty or damaged: its creator died between creating and
+    writing it, or the disk filled up) is taken over once it is ``creating_s`` seconds old.
+
     Taking over renames the stale file away (atomic) and creates a fresh one. Two processes that
     judge the same lock stale in the same instant could both end up running; the owner therefore
     checks at every heartbeat that the file still carries its token and stops with
@@ -93,10 +198,12 @@ class RunLock:
     write is atomic, so both would write the same checkpoint.
     """
 
-    def __init__(self, path: str | Path, stale_after: float = 900.0, heartbeat_s: float = 60.0):
+    def __init__(self, path: str | Path, stale_after: float = 900.0, heartbeat_s: float = 60.0,
+                 creating_s: float = 5.0):
         self.path = Path(path)
         self.stale_after = float(stale_after)
         self.heartbeat_s = float(heartbeat_s)
+        self.creating_s = float(creating_s)
         self.token = uuid.uuid4().hex
         self.held = False
         self._last_beat = 0.0
@@ -115,15 +222,27 @@ class RunLock:
             except FileNotFoundError:
                 return None
             info = {}
+        if not isinstance(info, dict):
+            info = {}
         info["age_s"] = time.time() - st.st_mtime
         return info
 
     def is_stale(self, info: dict[str, Any]) -> bool:
+        if not _has_owner(info):
+            return info.get("age_s", 0.0) > self.creating_s
         if info.get("age_s", 0.0) > self.stale_after:
             return True
-        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+        if info.get("host") == socket.gethostname():
             return not _pid_alive(info["pid"])
         return False
+
+    def describe(self, info: dict[str, Any]) -> str:
+        """Who holds the lock, for messages."""
+        if not _has_owner(info):
+            return (f"{self.path} names no owner (empty or damaged, "
+                    f"{info.get('age_s', 0.0):.0f} s old)")
+        return (f"{self.path.name} is held by pid {info['pid']} on {info['host']!r} "
+                f"(heartbeat {info.get('age_s', 0.0):.0f} s ago)")
 
     # -- acquire / release ------------------------------------------------------------------
     def acquire(self) -> None:
@@ -131,21 +250,23 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 info = self.owner()
                 if info is None:
                     continue  # released between our attempts
                 if not self.is_stale(info):
-                    raise RunLocked(
-                        f"{self.path.name} is held by pid {info.get('pid')} on "
-                        f"{info.get('host')!r} (heartbeat {info['age_s']:.0f} s ago)"
-                    ) from None
+                    if not _has_owner(info):
+                        raise RunLocked(f"{self.path.name} is being created by another process")
+                    raise RunLocked(self.describe(info))
                 try:  # move the stale lock aside; only one of several contenders succeeds
                     os.replace(self.path, self.path.with_name(
                         f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}.tmp"))
                 except FileNotFoundError:
-                    pass
+                    continue
+                if not _has_owner(info):
+                    warnings.warn(f"{self.describe(info)}: taken over as stale", RunFileWarning,
+                                  stacklevel=3)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
@@ -182,6 +303,10 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _has_owner(info: dict[str, Any]) -> bool:
+    return isinstance(info.get("pid"), int) and isinstance(info.get("host"), str)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -270,17 +395,28 @@ def provenance(device: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Reading results back
 # --------------------------------------------------------------------------------------------
-def iter_records(results_dir: str | Path | None = None) -> Iterable[tuple[Path, dict]]:
-    """(path, record) of every result record directly in ``results_dir`` (sorted by name);
-    other JSON files there are skipped."""
+def iter_records(results_dir: str | Path | None = None) -> Iterator[tuple[Path, dict]]:
+    """(path, record) of every valid record directly in ``results_dir`` (sorted by name).
+
+    Other JSON files there (damaged, foreign or old records, anything else) are skipped, and
+    named in one warning once the folder has been read.
+    """
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    skipped: dict[str, list[str]] = {}
     for p in sorted(results_dir.glob("*.json")):
         try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError):
+            rec = read_record(p)
+        except FileNotFoundError:  # removed while we read the folder
             continue
-        if isinstance(rec, dict) and rec.get("format") == RECORD_FORMAT and "key" in rec:
-            yield p, rec
+        except InvalidRecord as err:
+            skipped.setdefault(err.reason, []).append(p.name)
+            continue
+        yield p, rec
+    if skipped:
+        n = sum(map(len, skipped.values()))
+        what = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in skipped.items())
+        warnings.warn(f"{results_dir}: {n} file(s) skipped, not records of this code: {what}",
+                      RunFileWarning, stacklevel=2)
 
 
 _CONFIG_COLUMNS = config_fields("column")

@@ -18,18 +18,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
+import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from locolib.results import (compare, default_results_dir, load_results, results_frame,
-                             significance_stars)
 from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
 from locolib.data import DATASETS
 from locolib.models import NETWORKS
 from locolib.reg import REGULARIZER_REGISTRY
+from locolib.results import (compare, default_results_dir, finished_record, load_results,
+                             results_frame, significance_stars)
 from locolib.train import RunLocked, result_path, run_status, train
 
 __all__ = [
@@ -39,12 +42,18 @@ __all__ = [
     "parse_seeds",
     "run_sweep",
     "sweep_status",
+    "print_status",
+    "MAX_RUNS",
     "load_results",
     "results_frame",
     "compare",
     "significance_stars",
     "main",
 ]
+
+
+#: The most runs one plan may have: a guard against typos such as ``--seeds 0-1000000000``.
+MAX_RUNS = 100_000
 
 
 def _names(kind: str) -> tuple[str, ...]:
@@ -62,13 +71,19 @@ def _check(kind: str, values: Iterable[str], allowed: Sequence[str]) -> list[str
 def _loco_for(loco_params: Mapping | None, dataset: str, network: str) -> dict[str, Any]:
     if loco_params is None:
         return {}
+    if not isinstance(loco_params, Mapping):
+        raise ValueError('loco_params (--loco-params) must map "dataset/network" to '
+                         '{"gamma": ..., "eta": ...}')
     for k in ((dataset, network), f"{dataset}/{network}"):
         if k in loco_params:
             v = loco_params[k]
-            if isinstance(v, Mapping):
+            if isinstance(v, Mapping) and {"gamma", "eta"} <= set(v):
                 return {"gamma": v["gamma"], "eta": v["eta"]}
-            gamma, eta = v
-            return {"gamma": gamma, "eta": eta}
+            if isinstance(v, (list, tuple)) and len(v) == 2:
+                return {"gamma": v[0], "eta": v[1]}
+            raise ValueError(f"loco_params (--loco-params) for {dataset}/{network} must give "
+                             f'both gamma and eta, as {{"gamma": ..., "eta": ...}} or '
+                             f"[gamma, eta]; got {v!r}")
     raise ValueError(f"loco_params has no entry for {dataset}/{network}")
 
 
@@ -90,7 +105,7 @@ def plan(
     get :data:`locolib.config.LOCO_DEFAULT`. ``loco_params``: per-(dataset, network) LOCO-REG parameters
     (e.g. Table 6's per-layer values), keys ``(dataset, network)`` or ``"dataset/network"``,
     values ``{"gamma": g, "eta": e}`` or ``(g, e)``; it overrides ``gamma``/``eta``.
-    Duplicates are dropped.
+    Duplicates are dropped. More than :data:`MAX_RUNS` runs are refused (ValueError).
     """
     datasets = _check("dataset", datasets, _names("dataset"))
     networks = _check("network", networks, _names("network"))
@@ -98,6 +113,10 @@ def plan(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("no seeds given")
+    size = len(datasets) * len(networks) * len(regularizers) * len(seeds)
+    if size > MAX_RUNS:
+        raise ValueError(f"the plan has {size} runs, more than the {MAX_RUNS} one sweep may have; "
+                         "split it into several sweeps")
     loco_common = {k: common.pop(k) for k in ("gamma", "eta") if k in common}
     if loco_params is None and all(loco_common.get(k, 1.0) == 1.0 for k in ("gamma", "eta")):
         loco_common = dict(LOCO_DEFAULT)
@@ -138,21 +157,22 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0-19"``, ``"3"``, ``"0,2,5-7"`` -> sorted unique seeds; ValueError otherwise."""
+    """``"0-19"``, ``"3"``, ``"0,2,5-7"`` -> sorted unique seeds; ValueError otherwise (also for
+    more than :data:`MAX_RUNS` seeds)."""
     seeds: set[int] = set()
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
         try:
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-"))
-                if a > b:
-                    raise ValueError
-                seeds.update(range(a, b + 1))
-            else:
-                seeds.add(int(part))
+            a, b = (int(x) for x in part.split("-")) if "-" in part else (int(part), int(part))
+            if a > b:
+                raise ValueError
         except ValueError:
             raise ValueError(f"bad seeds {part!r}: use e.g. 0-19, 5 or 0,2,5-7 (non-negative)") from None
+        if b - a + 1 + len(seeds) > MAX_RUNS:
+            raise ValueError(f"seeds {text!r}: more than {MAX_RUNS} seeds, the most one sweep "
+                             "may have")
+        seeds.update(range(a, b + 1))
     if not seeds:
         raise ValueError("no seeds given")
     return sorted(seeds)
@@ -161,6 +181,24 @@ def parse_seeds(text: str) -> list[int]:
 def sweep_status(configs: Sequence[RunConfig], results_dir=None, checkpoint_dir=None) -> list[str]:
     """:func:`locolib.train.run_status` of every run: done / running / partial (k/E) / todo."""
     return [run_status(c, results_dir, checkpoint_dir) for c in configs]
+
+
+def print_status(configs: Sequence[RunConfig], results_dir=None,
+                 checkpoint_dir=None) -> dict[str, int]:
+    """Print every run's status and key, then a summary line; return the count of each status.
+    Reads only: files that are not records are named in warnings, never moved."""
+    status = sweep_status(configs, results_dir, checkpoint_dir)
+    counts = dict.fromkeys(("done", "running", "partial", "todo"), 0)
+    for cfg, st in zip(configs, status):
+        print(f"  {st:<24} {cfg.key}")
+        counts[st.split(" ")[0]] += 1
+    print("status: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return counts
+
+
+def _finished(configs: Sequence[RunConfig], results_dir: Path) -> int:
+    return sum(finished_record(result_path(c, results_dir), c.key, on_invalid="skip") is not None
+               for c in configs)
 
 
 def run_sweep(
@@ -181,36 +219,49 @@ def run_sweep(
 
     Runs another process is training (locked) are skipped and not returned, unless ``wait``:
     then, after the pass, they are polled every ``poll_s`` seconds until their result appears
-    (or their lock goes stale, and this process takes them over). ``log``: called with one line
-    per run (None: silent). A KeyboardInterrupt stops the sweep; the interrupted run resumes
-    from its last checkpoint next time.
+    (or their lock goes stale, and this process takes them over). ``progress``: a bar over the
+    sweep's runs and one per run trained (:func:`locolib.train.train`), in every front end
+    (:mod:`locolib.progress`). ``log``: called
+    with one line per run (None: silent). A KeyboardInterrupt stops the sweep; the interrupted
+    run resumes from its last checkpoint next time.
     """
+    from locolib.progress import progress_bar, tqdm
+
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     records: dict[int, dict] = {}
     pending = list(range(len(configs)))
     first = True
-    while pending:
-        if not first:
-            time.sleep(poll_s)
-        locked = []
-        for i in pending:
-            cfg = configs[i]
-            done = result_path(cfg, results_dir).is_file()
-            try:
-                rec = train(cfg, results_dir=results_dir, checkpoint_dir=checkpoint_dir,
-                            device=device, progress=progress, download=download,
-                            model_dir=model_dir, stale_after=stale_after)
-            except RunLocked as err:
-                locked.append(i)
-                if log and first:
-                    log(f"[{i + 1}/{len(configs)}] {cfg.key}: skipped, {err}")
-                continue
-            if log:
-                what = "already done" if done else (
-                    f"trained, test error {100 * rec['final']['test_error']:.2f}%")
-                log(f"[{i + 1}/{len(configs)}] {cfg.key}: {what}")
-            records[i] = rec
-        pending, first = (locked if wait else []), False
+    bar = progress_bar(len(configs), "sweep", bool(progress), unit="run")
+
+    def say(line: str) -> None:
+        if log:
+            with tqdm.external_write_mode():
+                log(line)
+
+    try:
+        while pending:
+            if not first:
+                time.sleep(poll_s)
+            locked = []
+            for i in pending:
+                cfg = configs[i]
+                done = finished_record(result_path(cfg, results_dir), cfg.key, on_invalid="skip")
+                try:
+                    rec = train(cfg, results_dir=results_dir, checkpoint_dir=checkpoint_dir,
+                                device=device, progress=progress, download=download,
+                                model_dir=model_dir, stale_after=stale_after)
+                except RunLocked as err:
+                    locked.append(i)
+                    if first:
+                        say(f"[{i + 1}/{len(configs)}] {cfg.key}: skipped, {err}")
+                    continue
+                say(f"[{i + 1}/{len(configs)}] {cfg.key}: " + ("already done" if done else (
+                    f"trained, test error {100 * rec['final']['test_error']:.2f}%")))
+                records[i] = rec
+                bar.update(1)
+            pending, first = (locked if wait else []), False
+    finally:
+        bar.close()
     return [records[i] for i in sorted(records)]
 
 
@@ -289,63 +340,117 @@ def _option_type(name: str):
     return str
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless its text states it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        d = action.default
+        shown = "off" if action.nargs == 0 else " ".join(map(str, d)) if isinstance(d, list) else d
+        return f"{text} (default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="locolib-sweep",
         description="Train (or list) a sweep of standard-L2 / LOCO-REG runs; finished runs are "
                     "skipped, interrupted ones resume. Several processes may share a results folder. "
                     "Exit status 0: every run of the plan has a result; 3: some are still being "
-                    "trained by other processes; 2: bad arguments.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    "trained by other processes; 2: bad arguments or an unusable folder; 130: "
+                    "interrupted (run the same command again to resume).",
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("what to run (lists: space- or comma-separated)")
     g.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100", "fashion_mnist"],
-                   help=f"choices: {', '.join(DATASETS)}")
+                   metavar="NAME", help=f"choices: {', '.join(DATASETS)}")
     g.add_argument("--networks", nargs="+", default=["vgg13", "resnet18", "mobilenet"],
-                   help=f"choices: {', '.join(NETWORKS)}")
-    g.add_argument("--regularizers", nargs="+", default=list(REGULARIZERS),
+                   metavar="NAME", help=f"choices: {', '.join(NETWORKS)}")
+    g.add_argument("--regularizers", nargs="+", default=list(REGULARIZERS), metavar="NAME",
                    help=f"choices: {', '.join(REGULARIZER_REGISTRY)}")
     g.add_argument("--seeds", type=_arg(parse_seeds, "seeds"), default="0-19",
-                   help="e.g. 0-19, 7, or 0,2,5-7")
-    g.add_argument("--loco-params", type=Path, default=None,
-                   help='JSON {"dataset/network": {"gamma": ..., "eta": ...}} (e.g. Table 6 values)')
-    g.add_argument("--shard", type=_arg(parse_shard, "shard"), default=None,
-                   help="i/n: run only part i of n (1-based) of the plan")
+                   help=f"e.g. 0-19, 7, or 0,2,5-7; at most {MAX_RUNS} runs in all")
+    g.add_argument("--loco-params", type=Path, default=None, metavar="JSON",
+                   help='file {"dataset/network": {"gamma": ..., "eta": ...}} (e.g. Table 6 values) '
+                        "(default: none, every loco run gets --gamma and --eta)")
+    g.add_argument("--shard", type=_arg(parse_shard, "shard"), default=None, metavar="I/N",
+                   help="run only part I of N (1-based) of the plan (default: the whole plan)")
     g = p.add_argument_group("protocol: RunConfig fields (defaults: the paper's)")
     for name in config_fields("cli"):
         info = field_info(name)
         default = field_default(name)
         if name == "data_root":
             continue  # in "where and how"
+        choices, metavar, text = info["choices"], name.upper(), info["help"]
+        if isinstance(default, bool):
+            choices, metavar = (True, False), "{true,false}"
+        elif choices:
+            metavar = None
+        if name in LOCO_DEFAULT:
+            text += (f" (default for the loco arm: {LOCO_DEFAULT[name]}, locolib.config.LOCO_DEFAULT, "
+                     "unless --gamma, --eta or --loco-params is given; l2 is 1 by definition)")
+        elif default is None:
+            text += " (default: all)"
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_option_type(name),
-                       default=default, choices=info["choices"], help=info["help"],
-                       metavar=None if info["choices"] else name.upper())
+                       default=default, choices=choices, help=text, metavar=metavar)
     g = p.add_argument_group("where and how")
-    g.add_argument("--results", type=Path, default=None,
-                   help="results folder (default: the repository's results/ or $LOCOLIB_RESULTS)")
-    g.add_argument("--checkpoints", type=Path, default=None, help="default: <results>/checkpoints")
-    g.add_argument("--models", type=Path, default=None, help="also save final weights here")
-    g.add_argument("--data-root", default=field_default("data_root"), help=field_info("data_root")["help"])
+    g.add_argument("--results", type=Path, default=None, metavar="DIR",
+                   help="results folder (default: $LOCOLIB_RESULTS, else the repository's results/)")
+    g.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
+                   help="default: <results>/checkpoints")
+    g.add_argument("--models", type=Path, default=None, metavar="DIR",
+                   help="also save final weights here (default: not saved)")
+    g.add_argument("--data-root", default=field_default("data_root"), metavar="DIR",
+                   help=field_info("data_root")["help"])
     g.add_argument("--no-download", action="store_true", help="never download datasets")
-    g.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: best available)")
+    g.add_argument("--device", default=None,
+                   help="cuda, cuda:1, mps, cpu (default: the best available)")
     g.add_argument("--threads", type=_arg(_positive_int, "threads"), default=None,
-                   help="torch CPU threads")
+                   help="torch CPU threads (default: torch's choice)")
     g.add_argument("--stale-after", type=_arg(_positive_float, "seconds"), default=900.0,
+                   metavar="SECONDS",
                    help="seconds without heartbeat after which another process's lock is taken over")
     g.add_argument("--wait", action="store_true",
                    help="after the pass, wait for runs other processes are training")
-    g.add_argument("--dry-run", action="store_true", help="print the plan and each run's status")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan and each run's status; change nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+def check_folder(path: Path, create: bool) -> None:
+    """Raise OSError with a one-line message unless ``path`` is (or, with ``create``, can be
+    made) a folder this process can write new files into."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a folder")
+    if not create:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"cannot write into {path}: {err.strerror or err}") from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"locolib-sweep: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line each, without source locations
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     # Fields left at their defaults stay out, so that gamma/eta reach only the LOCO-REG arm.
     common: dict[str, Any] = {name: getattr(a, name) for name in (*config_fields("cli"),)
                               if getattr(a, name) != field_default(name)}
-    regs = _split(a.regularizers)
     loco_params = None
     if a.loco_params is not None:
         try:
@@ -353,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             parser.error(f"--loco-params {a.loco_params}: {err}")
     try:
-        configs = plan(_split(a.datasets), _split(a.networks), regs, a.seeds,
+        configs = plan(_split(a.datasets), _split(a.networks), _split(a.regularizers), a.seeds,
                        loco_params=loco_params, **common)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
@@ -361,27 +466,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.shard is not None:
         configs = shard(configs, *a.shard)
     results = a.results if a.results is not None else default_results_dir()
+    checkpoints = a.checkpoints if a.checkpoints is not None else results / "checkpoints"
+    try:
+        for folder in (results, checkpoints, a.models):
+            if folder is not None:
+                check_folder(folder, create=not a.dry_run)
+    except OSError as err:
+        parser.error(str(err))
     where = f" (shard {a.shard[0]}/{a.shard[1]} of {total} runs)" if a.shard else ""
     print(f"plan: {len(configs)} runs{where}; results in {results}")
     if a.dry_run:
-        status = sweep_status(configs, results, a.checkpoints)
-        for cfg, st in zip(configs, status):
-            print(f"  {st:<24} {cfg.key}")
-        counts: dict[str, int] = {}
-        for st in status:
-            kind = st.split(" ")[0]
-            counts[kind] = counts.get(kind, 0) + 1
-        print("status: " + ", ".join(f"{counts.get(k, 0)} {k}"
-                                     for k in ("done", "running", "partial", "todo")))
+        print_status(configs, results, checkpoints)
         return 0
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    run_sweep(configs, results_dir=results, checkpoint_dir=a.checkpoints, device=a.device,
-              progress=not a.quiet, download=not a.no_download, model_dir=a.models,
-              stale_after=a.stale_after, wait=a.wait)
-    n_done = sum(result_path(c, results).is_file() for c in configs)
+    try:
+        run_sweep(configs, results_dir=results, checkpoint_dir=checkpoints, device=a.device,
+                  progress=not a.quiet, download=not a.no_download, model_dir=a.models,
+                  stale_after=a.stale_after, wait=a.wait)
+    except KeyboardInterrupt:
+        print(f"\nlocolib-sweep: interrupted; {_finished(configs, results)} of {len(configs)} runs "
+              "have results, locks are released. Run the same command again to resume (an "
+              "interrupted run continues from its last finished epoch).", file=sys.stderr)
+        return 130
+    n_done = _finished(configs, results)
     print(f"finished: {n_done} of {len(configs)} runs have results"
           + ("" if n_done == len(configs) else "; the others are being trained elsewhere"))
     return 0 if n_done == len(configs) else 3

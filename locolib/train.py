@@ -39,10 +39,12 @@ from tqdm import tqdm
 from locolib.config import (PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION,
                              RunConfig)
 from locolib.data import augment_batch, load_dataset
-from locolib.io import atomic_write_bytes, read_json, write_json
+from locolib.io import atomic_write_bytes, write_json
 from locolib.models import build_model
+from locolib.progress import progress_bar
 from locolib.reg import build_regularizer, ring_distances, ring_index, spatial_convs
-from locolib.results import RECORD_FORMAT, RunLock, RunLocked, default_results_dir, provenance
+from locolib.results import (RECORD_FORMAT, RunFileWarning, RunLock, RunLocked,
+                             default_results_dir, finished_record, provenance, set_aside)
 
 __all__ = [
     "RunConfig",
@@ -209,32 +211,48 @@ def _dirs(results_dir, checkpoint_dir) -> tuple[Path, Path]:
     return results_dir, checkpoint_dir
 
 
-def _load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at ``path``, or None if there is none or it cannot be read (then we start
-    over; with atomic writes that only happens after disk trouble)."""
+_CHECKPOINT_KEYS = {"key", "epoch", "model", "optimizer", "history", "elapsed_s", "segments"}
+
+
+def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) -> dict | None:
+    """The checkpoint of ``config`` at ``path``, or None if there is none or it is not usable:
+    unreadable (with atomic writes only after disk trouble) or of another run. An unusable file
+    is named in a warning and, with ``move_invalid`` (the run starts over), set aside."""
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- any unreadable file means "no usable checkpoint"
-        warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=3)
-        return None
+        problem = f"unreadable checkpoint ({str(err).splitlines()[0]})"
+    else:
+        if (isinstance(state, dict) and _CHECKPOINT_KEYS <= state.keys()
+                and state["key"] == config.key and 0 < state["epoch"] <= config.epochs):
+            return state
+        problem = "checkpoint of another run"
+    _reject_checkpoint(path, problem, move_invalid)
+    return None
+
+
+def _reject_checkpoint(path: Path, problem: str, move: bool) -> None:
+    if move:
+        set_aside(path, f"{problem}; the run starts over")
+    else:
+        warnings.warn(f"{path}: {problem}; not used", RunFileWarning, stacklevel=3)
 
 
 def run_status(config: RunConfig, results_dir=None, checkpoint_dir=None) -> str:
     """``"done"``, ``"running"`` (locked by a live process), ``"partial (k/E epochs)"`` or ``"todo"``."""
     results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
-    if result_path(config, results_dir).is_file():
+    if finished_record(result_path(config, results_dir), config.key) is not None:
         return "done"
     lock = RunLock(_lock_path(config, checkpoint_dir))
     info = lock.owner()
     if info is not None and not lock.is_stale(info):
         return "running"
     ck = checkpoint_path(config, checkpoint_dir)
-    if ck.is_file():
-        state = _load_checkpoint(ck)
-        if state is not None:
-            return f"partial ({state['epoch']}/{config.epochs} epochs)"
+    state = _load_checkpoint(ck, config)
+    if state is not None:
+        return f"partial ({state['epoch']}/{config.epochs} epochs)"
     return "todo"
 
 
@@ -398,13 +416,6 @@ def _augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int) 
     return augment_batch(x, generator, flip=flip, pad=pad)
 
 
-def _read_record(path: Path, config: RunConfig) -> dict:
-    rec = read_json(path)
-    if rec.get("key") != config.key:
-        raise ValueError(f"{path} holds run {rec.get('key')!r}, not {config.key!r}")
-    return rec
-
-
 def train(
     config: RunConfig,
     results_dir: str | Path | None = None,
@@ -419,7 +430,9 @@ def train(
     """Run ``config`` (or resume it) and return its result record.
 
     * ``results_dir``: where ``<key>.json`` goes (default :func:`default_results_dir`). If that
-      file exists the stored record is returned at once, without training.
+      file holds the run's record it is returned at once, without training; a file there that
+      is not (:func:`locolib.results.read_record`) is set aside with a warning and the run
+      trained.
     * ``checkpoint_dir``: per-epoch checkpoints ``<key>.pt`` and lock files ``<key>.lock``
       (default ``<results_dir>/checkpoints``, git-ignored). Processes sharing a results folder
       must share this folder too. The checkpoint is deleted once the record is written.
@@ -449,11 +462,15 @@ def train(
     """
     results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
     rpath = result_path(config, results_dir)
-    if rpath.is_file():
-        return _read_record(rpath, config)
+    record = finished_record(rpath, config.key, on_invalid="skip")
+    if record is not None:
+        return record
     with RunLock(_lock_path(config, checkpoint_dir), stale_after=stale_after) as lock:
-        if rpath.is_file():  # finished by another process while we waited for the lock
-            return _read_record(rpath, config)
+        # Finished by another process while we waited for the lock? Else nothing may stay at
+        # the record's place: it is set aside before the run writes its own.
+        record = finished_record(rpath, config.key, on_invalid="set_aside")
+        if record is not None:
+            return record
         device = choose_device(device)
         with _denormals_flushed(device):
             return _train_locked(config, rpath, checkpoint_path(config, checkpoint_dir),
@@ -467,22 +484,30 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
     run = _Run(config, device, download)
     history: list[dict] = []
     start_epoch, elapsed, segments = 0, 0.0, 1
-    state = _load_checkpoint(ckpath)
-    if state is not None and state.get("key") == config.key and 0 < state["epoch"] <= config.epochs:
+    state = _load_checkpoint(ckpath, config, move_invalid=True)
+    if state is not None:
+        mismatch = _state_mismatch(run.model, state["model"])
+        if mismatch is None:
+            try:  # checks the parameter groups before changing anything
+                run.opt.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as err:
+                mismatch = f"optimizer state does not fit ({err})"
+        if mismatch is not None:  # written by other code (a changed model)
+            _reject_checkpoint(ckpath, f"checkpoint of another model: {mismatch}", move=True)
+            state = None
+    if state is not None:
         run.model.load_state_dict(state["model"])
-        run.opt.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], list(state["history"])
         elapsed, segments = float(state["elapsed_s"]), int(state["segments"]) + 1
     setup_s = time.perf_counter() - t_setup
 
     steps = math.ceil(len(run.y_train) / config.batch_size)
-    bar = tqdm(total=config.epochs, initial=start_epoch, desc=config.key, disable=not progress,
-               dynamic_ncols=True, leave=True)
+    bar = progress_bar(config.epochs, config.key, bool(progress), initial=start_epoch, unit="epoch")
     if start_epoch:
         bar.write(f"{config.key}: resuming after epoch {start_epoch}")
     try:
         for epoch in range(start_epoch, config.epochs):
-            inner = (tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+            inner = (progress_bar(steps, f"epoch {epoch + 1}", leave=False)
                      if progress == "batches" else None)
             # Any use of torch's global RNG inside the epoch (e.g. dropout) is seeded by
             # (seed, epoch) too, and the caller's RNG state is left untouched.
@@ -522,6 +547,17 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
     write_json(rpath, record)
     ckpath.unlink(missing_ok=True)
     return record
+
+
+def _state_mismatch(model: torch.nn.Module, state: dict) -> str | None:
+    """How ``state`` fails to fit ``model`` (checked before loading: torch's load_state_dict
+    copies what fits before it raises), or None."""
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    return f"shapes differ for {shapes[:3]}" if shapes else None
 
 
 def _save_checkpoint(path: Path, config: RunConfig, run: _Run, epoch: int, history: list,

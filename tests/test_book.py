@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import os
 import shutil
 import subprocess
 import threading
@@ -13,11 +14,26 @@ from urllib.parse import unquote, urljoin, urlparse
 import nbformat
 import pytest
 
-from locolib.book import build, toc_notebooks
+from locolib.book import build, render, toc_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
+INSTALL_BROWSER = ("Debian: apt-get install chromium chromium-driver; GitHub Actions: "
+                   "browser-actions/setup-chrome with install-chromedriver")
+
+
+def find_browser() -> tuple[str, str]:
+    """(browser, driver): $CHROME_BIN and $CHROMEDRIVER_BIN (set by the workflow), else the first
+    Chromium or Chrome and chromedriver on the PATH. Without them the browser test is skipped,
+    except in CI (CI=true), where a missing browser fails it: CI must open the book."""
+    names = ("chromium", "chromium-browser", "google-chrome", "chrome")
+    browser = os.environ.get("CHROME_BIN") or next(filter(None, map(shutil.which, names)), None)
+    driver = os.environ.get("CHROMEDRIVER_BIN") or shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    message = f"Chromium/Chrome or chromedriver is not installed ({INSTALL_BROWSER})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 # --- the build refuses broken input ------------------------------------------------------------
@@ -62,6 +78,17 @@ def test_build_fails_on_a_sphinx_warning(tmp_path: Path):
         build(bad, bad, profile="smoke")
 
 
+def test_ci_fails_rather_than_skips_without_a_browser(monkeypatch):
+    monkeypatch.delenv("CHROME_BIN", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        find_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        find_browser()
+
+
 # --- the smoke book in headless Chromium -------------------------------------------------------
 
 
@@ -87,12 +114,11 @@ def anchors(path: Path) -> _Anchors:
 
 
 @pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book")
-    with pytest.MonkeyPatch.context() as patch:
-        # Training runs of the smoke build go to a scratch folder, not the repository's results/.
-        patch.setenv("LOCOLIB_RESULTS", str(out / "results"))
-        return build(ROOT, out, profile="smoke")
+def smoke_book(smoke_chapters) -> Path:
+    """The smoke book, rendered from the chapters the notebook tests executed."""
+    for notebook in toc_notebooks(ROOT):
+        smoke_chapters.executed(notebook)
+    return render(smoke_chapters.staging, smoke_chapters.output)
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +133,16 @@ def served(smoke_book: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (BROWSER and DRIVER):
-        pytest.skip("Chromium or chromedriver is not installed (Debian: apt-get install chromium chromium-driver)")
+    binary, driver_path = find_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
+    options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--no-first-run"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()

@@ -78,3 +78,45 @@ def test_toc_pages_must_exist(tmp_path: Path):
         toc_notebooks(tmp_path)
     (tmp_path / "book" / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/a\n")
     assert toc_notebooks(tmp_path) == [tmp_path / "notebooks" / "a.ipynb"]
+
+
+@pytest.mark.slow
+def test_a_smoke_run_keeps_its_records_out_of_the_repository_and_shows_progress(tmp_path,
+                                                                                monkeypatch):
+    """The notebook runner gives the smoke profile a scratch results folder, and training shows
+    a bar over the sweep and one per run in papermill's output (text bars: no widgets there)."""
+    import nbformat
+
+    from locolib.notebook import run_notebook
+
+    monkeypatch.delenv("LOCOLIB_RESULTS", raising=False)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('profile = "default"', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import torch\n"
+            "from locolib.results import default_results_dir\n"
+            "from locolib.sweep import plan, run_sweep\n"
+            "torch.set_num_threads(1)\n"
+            "print('results in', default_results_dir())\n"
+            "configs = plan(['digits'], ['vgg13'], ['l2'], [0], width=0.125, train_subset=64,\n"
+            "               batch_size=32, epochs=2)\n"
+            "records = run_sweep(configs, progress=True, log=None)\n"
+            "print('key', configs[0].key)"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "source" / "n.ipynb"
+    source.parent.mkdir()
+    nbformat.write(nb, source)
+    executed = nbformat.read(run_notebook(source, tmp_path / "out" / "n.ipynb", profile="smoke"),
+                             as_version=4)
+    streams = {"stdout": "", "stderr": ""}
+    (cell,) = [c for c in executed.cells if "run_sweep" in c.source]  # papermill adds a cell
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            streams[out.name] += out.text
+    scratch = tmp_path / "out" / "smoke-results"
+    assert f"results in {scratch}" in streams["stdout"]
+    key = streams["stdout"].split("key ")[1].strip()
+    assert (scratch / f"{key}.json").is_file()
+    assert "sweep: 100%" in streams["stderr"] and f"{key}: 100%" in streams["stderr"]

@@ -1,0 +1,194 @@
+"""Damaged, foreign and old files of runs: named, never counted as done, kept, the run trained
+again; one reader for the sweep, its dry run, the tables and train(); files with the user's umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import locolib.train as T
+from locolib.results import (RunFileWarning, RunLock, RunLocked, finished_record, load_results,
+                             read_record)
+from locolib.sweep import main, plan, run_sweep, sweep_status
+from locolib.train import checkpoint_path, result_path, train
+
+TINY = dict(width=0.125, train_subset=64, batch_size=32, epochs=2)
+(CONFIG,) = plan(["digits"], ["vgg13"], ["l2"], [0], **TINY)
+(OTHER,) = plan(["digits"], ["vgg13"], ["l2"], [1], **TINY)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "scratch_results")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> dict[str, dict]:
+    """Valid records of CONFIG and OTHER, trained once for the module (on one thread, as the
+    tests' runs: their metrics are then equal bit for bit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = tmp_path_factory.mktemp("records")
+        return {c.key: train(c, results_dir=res, progress=False) for c in (CONFIG, OTHER)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _damage(kind: str, good: dict, other: dict) -> str:
+    text = json.dumps(good, indent=2)
+    if kind == "truncated":
+        return text[: len(text) // 2]
+    if kind == "not-json":
+        return "<html>502 Bad Gateway</html>"
+    if kind == "another-run":
+        return json.dumps(other)
+    if kind == "another-format":
+        return json.dumps({**good, "format": 0})
+    if kind == "another-training-version":
+        return json.dumps({**good, "training_version": good["training_version"] - 1})
+    if kind == "incomplete":
+        return json.dumps({k: v for k, v in good.items() if k != "final"})
+    raise ValueError(kind)
+
+
+KINDS = ["truncated", "not-json", "another-run", "another-format", "another-training-version",
+         "incomplete"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_reader_agrees_on_a_bad_record_and_the_sweep_trains_again(kind, records, tmp_path,
+                                                                       capsys):
+    res = tmp_path / "res"
+    res.mkdir()
+    path = result_path(CONFIG, res)
+    bad = _damage(kind, records[CONFIG.key], records[OTHER.key])
+    path.write_text(bad)
+    (res / f"{OTHER.key}.json").write_text(json.dumps(records[OTHER.key]))
+
+    # The dry run: not done, the file named, nothing moved.
+    args = ["--datasets", "digits", "--networks", "vgg13", "--regularizers", "l2", "--seeds", "0-1",
+            "--width", "0.125", "--train-subset", "64", "--batch-size", "32", "--epochs", "2",
+            "--results", str(res)]
+    assert main(args + ["--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert f"todo                     {CONFIG.key}" in out
+    assert "status: 1 done, 0 running, 0 partial, 1 todo" in out
+    assert str(path) in err and "\n" not in err.strip(), "one warning line naming the file"
+    assert path.read_text() == bad
+
+    # The tables: the same verdict, the same file named.
+    with pytest.warns(RunFileWarning, match=path.name):
+        df = load_results(res)
+    assert list(df.key) == [OTHER.key]
+
+    # The sweep: sets the file aside (kept, byte for byte), trains the run, writes its record.
+    with pytest.warns(RunFileWarning, match="kept as") as caught:
+        recs = run_sweep([CONFIG, OTHER], results_dir=res, progress=False, log=None)
+    assert str(path) in str(caught[0].message)
+    assert [r["key"] for r in recs] == [CONFIG.key, OTHER.key]
+    (kept,) = res.glob(f"{path.name}.invalid-*")
+    assert kept.read_text() == bad
+    assert read_record(path, CONFIG.key)["final"] == records[CONFIG.key]["final"]
+
+
+def test_train_sets_aside_a_bad_record_even_when_called_alone(records, tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    result_path(CONFIG, res).write_text("{")
+    with pytest.warns(RunFileWarning, match="not valid JSON"):
+        rec = train(CONFIG, results_dir=res, progress=False)
+    assert rec["final"] == records[CONFIG.key]["final"]
+    assert finished_record(result_path(CONFIG, res), CONFIG.key) == rec
+    assert len(list(res.glob("*.invalid-*"))) == 1
+
+
+def _interrupted_checkpoint(cfg, res: Path) -> Path:
+    def stop(event, epoch, step):
+        if event == "checkpoint":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, results_dir=res, progress=False, hook=stop)
+    return checkpoint_path(cfg, res / "checkpoints")
+
+
+def test_a_checkpoint_of_a_changed_model_is_set_aside_and_the_run_restarts(records, tmp_path):
+    res = tmp_path / "res"
+    ck = _interrupted_checkpoint(CONFIG, res)
+    state = torch.load(ck, weights_only=True)
+    # Other code: the same run key, but a network whose first layer has another shape.
+    name = next(k for k, v in state["model"].items() if v.ndim == 4)
+    state["model"][name] = torch.zeros(7, *state["model"][name].shape[1:])
+    torch.save(state, ck)
+    foreign = ck.read_bytes()
+    with pytest.warns(RunFileWarning, match=str(ck)):
+        rec = train(CONFIG, results_dir=res, progress=False)
+    assert rec["timing"]["segments"] == 1, "the run must start over"
+    assert rec["final"] == records[CONFIG.key]["final"]
+    (kept,) = ck.parent.glob(f"{ck.name}.invalid-*")
+    assert kept.read_bytes() == foreign
+
+
+def test_a_checkpoint_of_another_run_is_not_overwritten(tmp_path):
+    res = tmp_path / "res"
+    ck = _interrupted_checkpoint(OTHER, res)
+    mine = checkpoint_path(CONFIG, ck.parent)
+    shutil.copy(ck, mine)
+    with pytest.warns(RunFileWarning, match="another run"):
+        assert sweep_status([CONFIG], res) == ["todo"]
+    with pytest.warns(RunFileWarning, match="another run"):
+        train(CONFIG, results_dir=res, progress=False)
+    assert len(list(ck.parent.glob(f"{mine.name}.invalid-*"))) == 1
+
+
+def test_an_empty_lock_file_is_taken_over_with_a_message(tmp_path, capsys):
+    res = tmp_path / "res"
+    lock = res / "checkpoints" / f"{CONFIG.key}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    # Just created: its owner may be writing it; said so, without a made-up owner.
+    with pytest.raises(RunLocked) as err:
+        RunLock(lock).acquire()
+    assert "being created" in str(err.value) and "None" not in str(err.value)
+    # A few seconds old: an empty lock has no owner to wait for (not 15 minutes).
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    args = ["--datasets", "digits", "--networks", "vgg13", "--regularizers", "l2", "--seeds", "0",
+            "--width", "0.125", "--train-subset", "64", "--batch-size", "32", "--epochs", "2",
+            "--results", str(res), "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "names no owner" in err and str(lock) in err and "pid None" not in err
+    assert result_path(CONFIG, res).is_file() and not lock.exists()
+
+
+def test_files_are_created_with_the_users_umask(tmp_path):
+    old = os.umask(0o002)  # a group sharing a results folder
+    try:
+        res = tmp_path / "res"
+        ck = _interrupted_checkpoint(CONFIG, res)
+        assert stat.S_IMODE(ck.stat().st_mode) == 0o664
+        with RunLock(tmp_path / "x.lock") as lock:
+            assert stat.S_IMODE(lock.path.stat().st_mode) == 0o664
+        train(CONFIG, results_dir=res, progress=False, model_dir=res / "models")
+        for path in (result_path(CONFIG, res), res / "models" / f"{CONFIG.key}.pt"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o664, path
+    finally:
+        os.umask(old)
+
+
+def test_an_invalid_record_is_never_deleted_by_a_dry_run_or_a_table(tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    path = result_path(CONFIG, res)
+    path.write_text("{")
+    with pytest.warns(RunFileWarning):
+        assert T.run_status(CONFIG, res) == "todo"
+    with pytest.warns(RunFileWarning):
+        load_results(res)
+    assert path.read_text() == "{" and sorted(p.name for p in res.iterdir()) == [path.name]
