@@ -349,7 +349,7 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
     is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
     s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums.
     """
-    from locolib.reg import ring_distances, ring_index, spatial_convs
+    from locolib.kernels import ring_distances, ring_index, spatial_convs
 
     out = []
     names = {id(m): n for n, m in model.named_modules()}
