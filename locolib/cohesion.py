@@ -26,6 +26,9 @@ import pandas as pd
 import sympy
 from matplotlib.patches import FancyArrowPatch
 
+from locolib.kernels import rings as kernel_rings
+from locolib.kernels import squared_distances
+
 Position = tuple[int, int]
 EPSILON = sympy.Symbol("epsilon", nonnegative=True)
 Q = sympy.Symbol("q", positive=True)
@@ -228,12 +231,10 @@ def spread(masses: Any) -> sympy.Expr:
 
 
 def rings(k: int) -> dict[sympy.Expr, list[Position]]:
-    """Positions of a k x k grid grouped by their distance from its centre, nearest first."""
-    c = sympy.Rational(k - 1, 2)
-    by_d2: dict[sympy.Expr, list[Position]] = {}
-    for p in positions(k):
-        by_d2.setdefault((p[0] - c) ** 2 + (p[1] - c) ** 2, []).append(p)
-    return {sympy.sqrt(d2): by_d2[d2] for d2 in sorted(by_d2)}
+    """Positions of a k x k grid (k odd) grouped by their exact distance from its centre, nearest
+    first: the rings of :func:`locolib.kernels.rings`, keyed by distance instead of name."""
+    return {sympy.sqrt(d2): list(group)
+            for d2, group in zip(squared_distances(k), kernel_rings(k).values())}
 
 
 def ring_pair_table(k: int = 3, q: Any = 2) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Looking inside trained networks: feature maps, weights by kernel position, Table 4 from records.
+"""Looking inside trained networks: feature maps, weights by kernel position, padding.
 
 * :func:`feature_maps` records the outputs of named modules (forward hooks) for a batch of inputs,
   e.g. the ReLU outputs of the conv blocks (:func:`relu_names`) for Figure 1;
@@ -8,11 +8,6 @@
 * :func:`load_run_model` / :func:`trained_model` give the network of a training run
   (:func:`locolib.train.train` with ``model_dir``), retraining a finished run into a scratch
   folder only when its weights were not kept.
-* :func:`stats_locality_test` and :func:`table4_row_from_stats` compute Table 4 (Eq. 7.1 and its
-  t-test) exactly from the compact ``weight_stats`` that every training record stores, so runs
-  whose weights were never saved (e.g. trained on a GPU elsewhere) can be tested too. They agree
-  with :func:`locolib.locality.locality_test` on the kernels themselves (see the tests).
-  :func:`table4_row_from_runs` pools the matrices of several runs of one network.
 * :func:`tap_coverage`: for how many output positions each tap of a padded convolution sees the
   input rather than the zero padding (small maps make outer taps see mostly padding).
 """
@@ -23,15 +18,16 @@ import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from locolib.locality import (TABLE4_PAIRS, LocalityTest, as_matrices, rings, split_halves, table4_cells,
-                              table4_row)
+from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
+from locolib.locality import as_matrices, locality_test, table4_row
+from locolib.models import build_model
 
 __all__ = [
     "relu_names",
@@ -41,10 +37,6 @@ __all__ = [
     "ring_means",
     "load_run_model",
     "trained_model",
-    "ring_pair_index",
-    "stats_locality_test",
-    "table4_row_from_stats",
-    "table4_row_from_runs",
     "spatial_input_sizes",
     "tap_coverage",
 ]
@@ -144,8 +136,6 @@ def load_run_model(config: Any, weights: str | Path | Mapping[str, torch.Tensor]
     ``weights``: a state dict or the file ``train(..., model_dir=...)`` wrote. The number of
     input channels and classes are read off the weights (first 4-D and last 2-D tensor).
     """
-    from locolib.models import build_model
-
     state = weights if isinstance(weights, Mapping) else torch.load(
         Path(weights), map_location="cpu", weights_only=True)
     convs = [v for v in state.values() if v.ndim == 4]
@@ -195,116 +185,6 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
 
 
 # --------------------------------------------------------------------------------------------
-# Table 4 from the compact weight statistics of a record
-# --------------------------------------------------------------------------------------------
-def ring_pair_index(inner: str, outer: str, k: int) -> int:
-    """Position r of the consecutive ring pair (inner, outer) = (ring r, ring r+1) of a k x k
-    kernel, as in ``weight_stats``' ``ring_diff_*`` lists: (c, n) -> 0, (n, co) -> 1, ..."""
-    names = list(rings(k))
-    if inner not in names or names.index(inner) + 1 >= len(names) \
-            or names[names.index(inner) + 1] != outer:
-        pairs = [f"({a},{b})" for a, b in zip(names, names[1:])]
-        raise ValueError(f"({inner},{outer}) is not a pair of consecutive rings of a {k} x {k} "
-                         f"kernel; weight_stats only hold {', '.join(pairs)}")
-    return names.index(inner)
-
-
-def _layer_moments(entry: Mapping[str, Any], r: int, absolute: bool) -> tuple[int, float, float]:
-    """(n, sum of z, sum of z^2) of one layer, z = s / sigma (population std over the layer)."""
-    tag = "abs_" if absolute else ""
-    n = int(entry["count"])
-    s1 = float(entry[f"ring_{tag}diff_sum"][r])
-    s2 = float(entry[f"ring_{tag}diff_sq_sum"][r])
-    var = s2 / n - (s1 / n) ** 2
-    # Relative threshold, as in locality.standardized_differences: rounding noise is zero spread.
-    if not (var > 0 and var > 1e-12 * s2 / n):
-        raise ValueError(f"layer {entry.get('name', '?')!r}: the ring difference has zero spread "
-                         f"over its {n} matrices, so it cannot be standardised")
-    sigma = math.sqrt(var)
-    return n, s1 / sigma, s2 / var
-
-
-def stats_locality_test(stats: Sequence[Mapping[str, Any]], inner: str, outer: str,
-                        absolute: bool = False) -> LocalityTest:
-    """:func:`locolib.locality.locality_test` from ``weight_stats`` entries (one per layer).
-
-    Exact: per layer the count and the sums of s and s^2 give sigma(W_l), and hence the sum and
-    sum of squares of the standardised differences, which is all the mean and the one-sample
-    t-test need. All entries must have the same kernel size and (inner, outer) must be
-    consecutive rings (see :func:`ring_pair_index`).
-    """
-    from scipy import stats as st
-
-    stats = list(stats)
-    if not stats:
-        raise ValueError("no layers given")
-    ks = sorted({int(e["k"]) for e in stats})
-    if len(ks) > 1:
-        raise ValueError(f"all layers must share k; got k in {ks} (select one kernel size)")
-    r = ring_pair_index(inner, outer, ks[0])
-    n, z1, z2 = 0, 0.0, 0.0
-    for entry in stats:
-        a, b, c = _layer_moments(entry, r, absolute)
-        n, z1, z2 = n + a, z1 + b, z2 + c
-    if n < 2:
-        raise ValueError("the t-test needs at least two matrices")
-    mean = z1 / n
-    var = max(z2 - n * mean * mean, 0.0) / (n - 1)
-    t = mean / math.sqrt(var / n) if var > 0 else math.copysign(math.inf, mean)
-    p = float(st.t.sf(t, n - 1))
-    p2 = float(min(1.0, 2 * st.t.sf(abs(t), n - 1)))
-    return LocalityTest(inner=inner, outer=outer, absolute=absolute, m=mean, t=t, p=p,
-                        p_two_sided=p2, n=n, n_layers=len(stats))
-
-
-def table4_row_from_stats(stats: Sequence[Mapping[str, Any]], model: str = "model",
-                          middle: Literal["upper", "lower"] = "upper",
-                          pairs: Sequence[tuple[str, str]] = TABLE4_PAIRS,
-                          k: int | None = None) -> pd.DataFrame:
-    """:func:`locolib.locality.table4_row` (same columns) from a record's ``weight_stats``.
-
-    ``k``: use only the layers with k x k kernels (default: the kernel size of the first layer;
-    required to be the only one unless given).
-    """
-    layers, _ = _kernel_layers(stats, k)
-    return table4_row(layers, model, middle, pairs, test=stats_locality_test)
-
-
-def _kernel_layers(stats: Sequence[Mapping[str, Any]], k: int | None) -> tuple[list, int]:
-    stats = list(stats)
-    if not stats:
-        raise ValueError("no layers given")
-    sizes = sorted({int(e["k"]) for e in stats})
-    if k is None:
-        if len(sizes) > 1:
-            raise ValueError(f"the layers have kernel sizes {sizes}: pass k to pick one")
-        k = sizes[0]
-    layers = [e for e in stats if int(e["k"]) == k]
-    if not layers:
-        raise ValueError(f"no {k} x {k} layers (kernel sizes are {sizes})")
-    return layers, k
-
-
-def table4_row_from_runs(runs: Sequence[Sequence[Mapping[str, Any]]], model: str = "model",
-                         middle: Literal["upper", "lower"] = "upper",
-                         pairs: Sequence[tuple[str, str]] = TABLE4_PAIRS,
-                         k: int | None = None) -> pd.DataFrame:
-    """Table 4 cells for several runs of one network pooled: ``runs`` holds each run's
-    ``weight_stats``. Every run is split into its own lower and upper halves, each layer is
-    standardised by its own sigma, and the test then uses all matrices of all runs (for one run
-    this is :func:`table4_row_from_stats`). ``n_layers`` counts layers over all runs.
-    """
-    runs = [_kernel_layers(r, k)[0] for r in runs]
-    if not runs:
-        raise ValueError("no runs given")
-    halves = [split_halves(r, middle) for r in runs]
-    parts = {"all": [e for r in runs for e in r],
-             "lower": [e for lo, _ in halves for e in lo],
-             "upper": [e for _, up in halves for e in up]}
-    return table4_cells(parts, model, pairs, test=stats_locality_test)
-
-
-# --------------------------------------------------------------------------------------------
 # Padding
 # --------------------------------------------------------------------------------------------
 def tap_coverage(size: int, k: int = 3, stride: int = 1, padding: int | None = None) -> np.ndarray:
@@ -330,9 +210,7 @@ def tap_coverage(size: int, k: int = 3, stride: int = 1, padding: int | None = N
 @torch.no_grad()
 def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
     """(height, width) of the input map of every spatial convolution of ``model`` (the order of
-    :func:`locolib.reg.spatial_convs`, i.e. of ``weight_stats``) for the input batch ``x``."""
-    from locolib.reg import spatial_convs
-
+    :func:`locolib.kernels.spatial_convs`, i.e. of ``weight_stats``) for the input batch ``x``."""
     convs = spatial_convs(model)
     seen: dict[int, tuple[int, int]] = {}
 
@@ -344,3 +222,69 @@ def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, in
     if missing:
         raise RuntimeError(f"spatial convolutions {missing} were not called in the forward pass")
     return [seen[id(c)] for c in convs]
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 07: locality per layer, and Table 4 of runs from kernels and from records
+# --------------------------------------------------------------------------------------------
+def layer_locality(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd.DataFrame:
+    """Chapter 07: per network and spatial layer, averaged over the runs in ``records``: the
+    width of the map the layer reads (for ``input_size`` inputs), its stride, ``coverage n/co``
+    (the mean :func:`tap_coverage` of the four edge taps over that of the four corners: 1 on a
+    large map, 2 on a 2 x 2 map) and m(c,n), m(n,co) of the layer's magnitudes (from the
+    records' ``weight_stats``). Index: network, layer, map, stride."""
+    rows = []
+    for rec in records:
+        cfg, stats = rec["config"], rec["weight_stats"]
+        channels = stats[0]["shape"][1]
+        model = build_model(cfg["network"], 10, in_channels=channels, width=cfg["width"],
+                            kernel_size=cfg["kernel_size"])
+        sizes = spatial_input_sizes(model, torch.zeros(1, channels, input_size, input_size))
+        strides = [conv.stride[0] for conv in spatial_convs(model)]
+        for li, entry in enumerate(stats):
+            cov = ring_means(tap_coverage(sizes[li][0], entry["k"], strides[li])[None])
+            rows.append({"network": cfg["network"], "layer": li + 1, "map": sizes[li][0],
+                         "stride": strides[li], "coverage n/co": cov["n"] / cov["co"],
+                         "m(c,n) |w|": locality_test([entry], "c", "n", True).m,
+                         "m(n,co) |w|": locality_test([entry], "n", "co", True).m})
+    return pd.DataFrame(rows).groupby(["network", "layer", "map", "stride"]).mean()
+
+
+def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None = None):
+    """Chapter 07's figure of :func:`layer_locality`: m(c,n) and m(n,co) of the magnitudes per
+    layer, one line per network, each point labelled with the width of its input map."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, col in zip(axes, ["m(c,n) |w|", "m(n,co) |w|"]):
+        for network, g in by_layer.reset_index().groupby("network"):
+            ax.plot(g["layer"], g[col], "o-", label=(names or {}).get(network, network))
+            for _, row in g.iterrows():
+                ax.annotate(str(int(row["map"])), (row["layer"], row[col]), textcoords="offset points",
+                            xytext=(0, 5), ha="center", fontsize=7)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("spatial conv layer (input side first)")
+        ax.set_title(col + " per layer, L2 runs")
+    axes[0].set_ylabel("standardised difference (mean over runs)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def kernels_versus_records(configs: Sequence[Any], records: Sequence[Mapping[str, Any]],
+                           results_dir: str | Path, model_dir: str | Path,
+                           download: bool = False) -> dict[str, Any]:
+    """Chapter 07's check of the one path: for each run, Table 4 of every kernel size (all its
+    pairs of consecutive rings) from the trained kernels and from the record's ``weight_stats``.
+    Returns the largest difference in m and whether every star agrees."""
+    largest, same_stars = 0.0, True
+    for config, rec in zip(configs, records, strict=True):
+        model, _ = trained_model(config, results_dir=results_dir, model_dir=model_dir,
+                                 download=download)
+        for k in sorted({int(e["k"]) for e in rec["weight_stats"]}):
+            pairs = list(zip(ring_names(k), ring_names(k)[1:]))
+            from_kernels = table4_row(spatial_kernels(model, k), "run", pairs=pairs)
+            from_stats = table4_row(rec["weight_stats"], "run", pairs=pairs, k=k)
+            same_stars &= bool((from_kernels.stars == from_stats.stars).all())
+            largest = max(largest, float((from_kernels.m - from_stats.m).abs().max()))
+    return {"largest difference in m": largest, "same stars": same_stars}

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from locolib.kernels import check_k
+
 Strategy = Literal["sum", "cohesion"]
 STRATEGIES: tuple[str, ...] = ("sum", "cohesion")
 NOISES: tuple[str, ...] = ("gaussian", "salt_pepper")
@@ -46,18 +48,13 @@ FIGURE3_MAP.setflags(write=False)
 
 # ----------------------------------------------------------------------------- window scores
 
-def _check_k(k: int) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"the feature size k must be a positive integer, got {k!r}")
-
-
 def cohesion_kernel(k: int = 3, q: Any = 2, exact: bool = False) -> np.ndarray:
     """U with F_tot(w) = w^T U w for a flattened k x k window w (row-major).
 
     U[a, b] = 1 / d(a, b)^q for a < b and 0 otherwise: each unordered pair once, no self-force.
     ``exact=True`` gives an object array of sympy numbers (exact for integer or rational q).
     """
-    _check_k(k)
+    check_k(k, odd=False)
     pos = np.array(list(itertools.product(range(k), repeat=2)))
     d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
     upper = np.triu(np.ones_like(d2, dtype=bool), 1)
@@ -75,7 +72,7 @@ def cohesion_kernel(k: int = 3, q: Any = 2, exact: bool = False) -> np.ndarray:
 
 def _windows(maps: Any, k: int) -> np.ndarray:
     """(..., H-k+1, W-k+1, k*k): every k x k window of the last two axes, flattened row-major."""
-    _check_k(k)
+    check_k(k, odd=False)
     a = np.asarray(maps)
     if a.ndim < 2 or a.shape[-2] < k or a.shape[-1] < k:
         raise ValueError(f"maps must be (..., H, W) with H, W >= k = {k}, got shape {a.shape}")

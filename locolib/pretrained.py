@@ -11,7 +11,9 @@ depth-wise kernels and squeeze-excitation blocks.
 (``torch.hub.get_dir()/checkpoints``) without touching the network; otherwise, if downloads are
 allowed, it first checks within a few seconds that the download host is reachable and only then
 downloads. Whatever fails is reported, not raised, as :class:`Loaded` with ``model=None`` and
-the reason, so a chapter can say plainly what it skipped and why.
+the reason, so a chapter can say plainly what it skipped and why. The layers W_l of Eq. 7.1 of
+a loaded model are ``locolib.kernels.spatial_kernels(model, 3)`` (depth-wise included, 1 x k and
+k x 1 kernels left out).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pandas as pd
 from torch import nn
+
+from locolib.kernels import spatial_kernels
+from locolib.locality import table4_row
 
 __all__ = [
     "IMAGENET_MODELS",
@@ -33,7 +39,8 @@ __all__ = [
     "host_reachable",
     "build_imagenet_model",
     "load_imagenet_model",
-    "square_kernels",
+    "imagenet_table4",
+    "random_init_table4",
 ]
 
 #: The paper's name -> (torchvision architecture, weights name).
@@ -153,10 +160,30 @@ def load_imagenet_model(name: str, pretrained: bool = True, allow_download: bool
     return Loaded(name, arch, model.eval(), source)
 
 
-def square_kernels(model: nn.Module, k: int = 3) -> list[Any]:
-    """The weights of every k x k ``nn.Conv2d`` of ``model`` (depth-wise included), input side
-    first, detached: the layers W_l of Eq. 7.1. 1 x k and k x 1 kernels (Inception) are left out.
-    """
-    from locolib.locality import conv_kernels
+def imagenet_table4(names: list[str], pretrained: bool = True,
+                    timeout: float = 3.0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Chapter 07: Table 4 of the ImageNet networks ``names`` where their weights can be had.
 
-    return [w.detach() for w in conv_kernels(model, k)]
+    Returns (status, tidy): per network where its weights came from or why it was skipped
+    (``pretrained=False`` skips them all without trying), and the Table 4 cells of the loaded
+    ones (:func:`locolib.locality.table4_row` on their 3 x 3 kernels), None if none loaded.
+    """
+    status, rows = [], []
+    for name in names:
+        if not pretrained:
+            status.append({"model": name, "torchvision": IMAGENET_MODELS[name][0], "weights": "skipped",
+                           "why skipped": "not tried: the profile sets pretrained=False"})
+            continue
+        out = load_imagenet_model(name, timeout=timeout)
+        status.append({"model": name, "torchvision": out.arch, "weights": out.source,
+                       "why skipped": out.reason})
+        if out.ok:
+            rows.append(table4_row(spatial_kernels(out.model, 3), name))
+    return pd.DataFrame(status), pd.concat(rows, ignore_index=True) if rows else None
+
+
+def random_init_table4(names: list[str]) -> pd.DataFrame:
+    """Chapter 07's control: Table 4 of the architectures ``names`` with their random initial
+    weights (no download), labelled "<name> (random init)"."""
+    return pd.concat([table4_row(spatial_kernels(build_imagenet_model(name), 3), f"{name} (random init)")
+                      for name in names], ignore_index=True)

@@ -33,16 +33,14 @@ from typing import Any, Protocol, Union
 import torch
 from torch import nn
 
+from locolib.kernels import (IndexSpec, Position, check_k, index_set, ring_distances, ring_index,
+                             spatial_convs, spatial_kernels, squared_distances)
+
 __all__ = [
-    "ring_distances",
-    "ring_index",
     "ring_weights",
     "loco_mask",
-    "spatial_convs",
-    "spatial_kernels",
     "loco_penalty",
     "LocoDecay",
-    "index_set",
     "region_mean",
     "layer_ratios",
     "modulate",
@@ -55,53 +53,26 @@ __all__ = [
     "RegularizerSpec",
     "REGULARIZER_REGISTRY",
     "build_regularizer",
+    # the kernel vocabulary, defined in locolib.kernels and used here
+    "ring_distances",
+    "ring_index",
+    "index_set",
+    "spatial_convs",
+    "spatial_kernels",
 ]
 
 Number = Union[float, int]
 PerLayer = Union[Number, Sequence[Number]]
 
 # Index sets of Eq. 6.1 for a 3 x 3 kernel (row, column).
-I_C: tuple[tuple[int, int], ...] = ((1, 1),)
-I_N: tuple[tuple[int, int], ...] = ((0, 1), (1, 0), (1, 2), (2, 1))
-I_CO: tuple[tuple[int, int], ...] = ((0, 0), (2, 0), (0, 2), (2, 2))
+I_C: tuple[Position, ...] = index_set("c", 3)
+I_N: tuple[Position, ...] = index_set("n", 3)
+I_CO: tuple[Position, ...] = index_set("co", 3)
 
 
 # --------------------------------------------------------------------------------------------
-# Rings and masks
+# Masks
 # --------------------------------------------------------------------------------------------
-def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"kernel size k must be an int, got {k!r}")
-    if k < 1 or k % 2 == 0:
-        raise ValueError(
-            f"kernel size k={k} has no centre tap: LOCO-REG needs an odd k >= 1 (3, 5, 7, ...)"
-        )
-    return k
-
-
-def _ring_sq(k: int) -> list[int]:
-    """Sorted distinct squared distances i**2 + j**2 from the centre of a k x k kernel."""
-    h = k // 2
-    return sorted({i * i + j * j for i in range(-h, h + 1) for j in range(-h, h + 1)})
-
-
-def ring_distances(k: int) -> list[float]:
-    """Distinct distances from the centre of a k x k kernel, increasing.
-
-    ``ring_distances(3) == [0, 1, sqrt(2)]``; ``ring_distances(5) == [0, 1, sqrt2, 2, sqrt5, sqrt8]``.
-    """
-    return [math.sqrt(d2) for d2 in _ring_sq(_check_k(k))]
-
-
-def ring_index(k: int) -> torch.Tensor:
-    """k x k int64 tensor: the ring (position in :func:`ring_distances`) of every tap."""
-    _check_k(k)
-    h = k // 2
-    lookup = {d2: r for r, d2 in enumerate(_ring_sq(k))}
-    idx = [[lookup[(i - h) ** 2 + (j - h) ** 2] for j in range(k)] for i in range(k)]
-    return torch.tensor(idx, dtype=torch.int64)
-
-
 def _positive(name: str, v: float) -> float:
     v = float(v)
     if not math.isfinite(v) or v <= 0:
@@ -124,11 +95,11 @@ def ring_weights(gamma: float, eta: float, k: int = 3, extension: str = "geometr
       eta < 1). The centre stays at gamma: the paper treats the centre separately.
     * ``"constant"``: every ring beyond sqrt2 gets eta (a flat rim).
     """
-    _check_k(k)
+    check_k(k)
     gamma = _positive("gamma", gamma)
     eta = _positive("eta", eta)
     out = []
-    for d2 in _ring_sq(k):
+    for d2 in squared_distances(k):
         if d2 == 0:
             out.append(gamma)
         elif d2 == 1:
@@ -159,11 +130,11 @@ def loco_mask(
     ``rings``: one positive weight per ring (see :func:`ring_distances`), overriding gamma and eta.
     Without it, k > 3 uses :func:`ring_weights` with ``extension``.
     """
-    _check_k(k)
+    check_k(k)
     if rings is None:
         w = ring_weights(gamma, eta, k, extension)
     else:
-        n = len(_ring_sq(k))
+        n = len(squared_distances(k))
         rings = list(rings)
         if len(rings) != n:
             raise ValueError(
@@ -178,33 +149,6 @@ def loco_mask(
 # --------------------------------------------------------------------------------------------
 # Which weights are regularized
 # --------------------------------------------------------------------------------------------
-def _kernel_size(conv: nn.Conv2d) -> int:
-    kh, kw = conv.kernel_size
-    if kh != kw:
-        raise ValueError(f"LOCO-REG needs square kernels, got {kh}x{kw} in {conv}")
-    if kh % 2 == 0:
-        raise ValueError(f"LOCO-REG needs an odd kernel size (a centre tap), got {kh}x{kw} in {conv}")
-    return kh
-
-
-def spatial_convs(model: nn.Module) -> list[nn.Conv2d]:
-    """Every ``nn.Conv2d`` (incl. grouped/depthwise) with spatial extent > 1, in modules() order.
-
-    Raises ValueError for a non-square or even kernel (no centre tap).
-    """
-    out = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1):
-            _kernel_size(m)
-            out.append(m)
-    return out
-
-
-def spatial_kernels(model: nn.Module) -> list[torch.Tensor]:
-    """The weights (C_out, C_in/groups, k, k) of every spatial convolution, detached, in order."""
-    return [m.weight.detach() for m in spatial_convs(model)]
-
-
 def _per_layer(name: str, v: PerLayer, n: int) -> list[float]:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return [float(v)] * n
@@ -230,7 +174,7 @@ def _layer_masks(
     k_rings = dict(k_rings or {})
     masks = []
     for conv, g, e in zip(convs, gs, es):
-        k = _kernel_size(conv)
+        k = conv.kernel_size[0]  # square and odd: spatial_convs checked it
         masks.append(loco_mask(g, e, k, rings=k_rings.get(k), extension=extension))
     return masks
 
@@ -395,32 +339,6 @@ class LocoDecay:
 # --------------------------------------------------------------------------------------------
 # Table 6: per-layer parameters from trained weights
 # --------------------------------------------------------------------------------------------
-IndexSpec = Union[str, int, Sequence[tuple[int, int]]]
-
-
-def index_set(spec: IndexSpec, k: int = 3) -> list[tuple[int, int]]:
-    """Tap indices of a k x k kernel: ``"c"``, ``"n"``, ``"co"`` (rings 0, 1, 2 = centre, edge
-    neighbours, corners of the central 3x3; for k = 3 exactly I_c, I_n, I_co of Eq. 6.1), a ring
-    number (see :func:`ring_distances`), or an explicit list of (row, col) pairs."""
-    _check_k(k)
-    if isinstance(spec, str):
-        names = {"c": 0, "n": 1, "co": 2}
-        if spec not in names:
-            raise ValueError(f"unknown index set {spec!r}; use 'c', 'n', 'co', a ring or pairs")
-        spec = names[spec]
-        if k < 3 and spec > 0:
-            raise ValueError(f"a {k}x{k} kernel has no ring {spec}")
-    if isinstance(spec, int):
-        ri = ring_index(k)
-        if not 0 <= spec <= int(ri.max()):
-            raise ValueError(f"a {k}x{k} kernel has rings 0..{int(ri.max())}, got {spec}")
-        return [tuple(map(int, t)) for t in (ri == spec).nonzero().tolist()]
-    pairs = [(int(i), int(j)) for i, j in spec]
-    if not pairs or any(not (0 <= i < k and 0 <= j < k) for i, j in pairs):
-        raise ValueError(f"index pairs {pairs} are empty or outside a {k}x{k} kernel")
-    return pairs
-
-
 def region_mean(kernels: torch.Tensor, spec: IndexSpec, absolute: bool = True) -> torch.Tensor:
     """m(w, I) of Table 6 for every k x k matrix in ``kernels`` (shape (..., k, k)) -> (...).
 

@@ -18,7 +18,6 @@ This module holds everything about those files that is not training itself:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import socket
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
+from locolib.kernels import stars as significance_stars  # the paper's notation, defined once
 
 __all__ = [
     "RESULTS_ENV",
@@ -71,11 +71,15 @@ def default_results_dir(start: str | Path | None = None) -> Path:
     env = os.environ.get(RESULTS_ENV)
     if env:
         return Path(env).expanduser()
+    return repository_root(start) / "results"
+
+
+def repository_root(start: str | Path | None = None) -> Path:
+    """The first folder at or above ``start`` (default: the working directory) holding both
+    ``_config.yml`` and ``locolib/``; else ``start`` itself."""
     here = Path(start or os.getcwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "_config.yml").is_file() and (d / "locolib").is_dir():
-            return d / "results"
-    return here / "results"
+    return next((d for d in (here, *here.parents)
+                 if (d / "_config.yml").is_file() and (d / "locolib").is_dir()), here)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,13 +491,6 @@ def _frame(rows: list[dict], filters: dict[str, Any]):
 # --------------------------------------------------------------------------------------------
 # Table 5 statistics
 # --------------------------------------------------------------------------------------------
-def significance_stars(p: float) -> str:
-    """The paper's notation (Tables 4 and 5): *** p < .001, ** p < .01, * p < .1."""
-    if p is None or not math.isfinite(p):
-        return ""
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.1 else ""
-
-
 # Settings that must agree within one comparison (otherwise the two arms are not comparable).
 _PROTOCOL = config_fields("protocol")
 

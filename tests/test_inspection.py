@@ -1,4 +1,4 @@
-"""Feature maps, weights by position, run models and Table 4 from records (locolib.inspection)."""
+"""Feature maps, weights by position, run models and padding (locolib.inspection)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from locolib import inspection as ins
-from locolib import locality as lo
 from locolib.train import RunConfig, train, weight_stats
 
 torch.set_num_threads(1)
@@ -81,81 +80,6 @@ def test_position_and_ring_means_by_hand():
     assert list(r5) == ["c", "n", "co", "2", "sqrt5", "sqrt8"] and set(r5.values()) == {1.0}
 
 
-# ----------------------------------------------------------------------------- Table 4 from stats
-
-class Stack(nn.Module):
-    """Plain conv stack whose kernels are set by hand (weight_stats only needs spatial convs)."""
-
-    def __init__(self, kernels):
-        super().__init__()
-        self.convs = nn.ModuleList()
-        for w in kernels:
-            conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], bias=False)
-            with torch.no_grad():
-                conv.weight.copy_(torch.as_tensor(w))
-            self.convs.append(conv)
-
-
-def random_kernels(seed, k=3, sizes=((8, 3), (16, 8), (16, 16), (4, 16), (12, 4)), boost=0.2):
-    rng = np.random.default_rng(seed)
-    out = []
-    for o, i in sizes:
-        w = rng.normal(size=(o, i, k, k))
-        w[..., k // 2, k // 2] += boost * (1 + rng.random())
-        out.append(w.astype(np.float32))
-    return out
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("k", [3, 5])
-def test_stats_locality_test_equals_the_test_on_kernels(seed, k):
-    kernels = random_kernels(seed, k)
-    stats = weight_stats(Stack(kernels))
-    layers = [torch.as_tensor(w).double() for w in kernels]
-    names = list(lo.rings(k))
-    for inner, outer in zip(names, names[1:]):
-        for absolute in (False, True):
-            want = lo.locality_test(layers, inner, outer, absolute)
-            got = ins.stats_locality_test(stats, inner, outer, absolute)
-            assert got.n == want.n and got.n_layers == want.n_layers
-            assert got.m == pytest.approx(want.m, rel=1e-9, abs=1e-12)
-            assert got.t == pytest.approx(want.t, rel=1e-8)
-            assert got.p == pytest.approx(want.p, rel=1e-6, abs=1e-300)
-            assert got.p_two_sided == pytest.approx(want.p_two_sided, rel=1e-6, abs=1e-300)
-
-
-def test_table4_row_from_stats_equals_table4_row():
-    kernels = random_kernels(3)
-    want = lo.table4_row([torch.as_tensor(w) for w in kernels], "net")
-    got = ins.table4_row_from_stats(weight_stats(Stack(kernels)), "net")
-    assert list(got.columns) == list(want.columns)
-    assert (got[["model", "absolute", "part", "pair", "stars", "n", "n_layers"]]
-            .equals(want[["model", "absolute", "part", "pair", "stars", "n", "n_layers"]]))
-    np.testing.assert_allclose(got["m"], want["m"], rtol=1e-9)
-    np.testing.assert_allclose(got["p"], want["p"], rtol=1e-6, atol=1e-300)
-
-
-def test_table4_row_from_stats_selects_a_kernel_size_and_rejects_other_pairs():
-    stats = weight_stats(Stack(random_kernels(0, 5)[:3] + random_kernels(0, 3)[:2]))
-    with pytest.raises(ValueError, match="pass k"):
-        ins.table4_row_from_stats(stats)
-    row5 = ins.table4_row_from_stats(stats, k=5, pairs=[("co", "2"), ("sqrt5", "sqrt8")])
-    assert set(row5["n_layers"][row5["part"] == "all"]) == {3}
-    row3 = ins.table4_row_from_stats(stats, k=3)
-    assert set(row3["n_layers"][row3["part"] == "all"]) == {2}
-    with pytest.raises(ValueError, match="consecutive"):
-        ins.stats_locality_test(stats[:3], "c", "co")
-    with pytest.raises(ValueError, match="share k"):
-        ins.stats_locality_test(stats, "c", "n")
-    assert ins.ring_pair_index("c", "n", 3) == 0 and ins.ring_pair_index("sqrt5", "sqrt8", 5) == 4
-
-
-def test_stats_with_zero_spread_cannot_be_standardised():
-    w = np.ones((4, 2, 3, 3), dtype=np.float32)
-    with pytest.raises(ValueError, match="zero spread"):
-        ins.stats_locality_test(weight_stats(Stack([w])), "c", "n")
-
-
 # ----------------------------------------------------------------------------- padding
 
 @pytest.mark.parametrize("size,k,stride", [(2, 3, 1), (4, 3, 1), (8, 5, 1), (7, 3, 2), (32, 3, 1)])
@@ -208,30 +132,6 @@ def test_trained_model_recovers_weights_that_were_not_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"{cfg.key}.json"]
 
 
-def test_table4_row_from_runs_pools_the_halves_of_each_run():
-    runs = [random_kernels(s) for s in (4, 5, 6)]
-    stats = [weight_stats(Stack(r)) for r in runs]
-    got = ins.table4_row_from_runs(stats, "net")
-    # independent: pool each run's halves as separate layers and run the kernel-based test
-    for part in ("all", "lower", "upper"):
-        layers = []
-        for r in runs:
-            lower, upper = lo.split_halves([torch.as_tensor(w).double() for w in r])
-            layers += {"all": lower + upper, "lower": lower, "upper": upper}[part]
-        for inner, outer in lo.TABLE4_PAIRS:
-            for absolute in (False, True):
-                want = lo.locality_test(layers, inner, outer, absolute)
-                row = got[(got.part == part) & (got.pair == f"m({inner},{outer})")
-                          & (got.absolute == absolute)].iloc[0]
-                assert row.m == pytest.approx(want.m, rel=1e-9)
-                assert row.p == pytest.approx(want.p, rel=1e-6, abs=1e-300)
-                assert row.n == want.n and row.n_layers == len(layers)
-    one = ins.table4_row_from_runs(stats[:1], "net")
-    pd_cols = ["m", "p", "n"]
-    np.testing.assert_allclose(one[pd_cols].to_numpy(float),
-                               ins.table4_row_from_stats(stats[0], "net")[pd_cols].to_numpy(float))
-
-
 def test_spatial_input_sizes_of_vgg13():
     from locolib.models import build_model
 
@@ -245,20 +145,26 @@ def test_spatial_input_sizes_of_vgg13():
         [32, 32, 16, 16, 8, 8, 8, 4, 4, 4]
 
 
-def test_random_signs_hide_centre_heavy_magnitudes_from_the_signed_test():
-    """The logic behind chapter 07's signed-vs-magnitude finding, on hand-made kernels: magnitudes
-    fall from the centre outwards, signs are random (a filter and its negative are equally good).
-    The signed test sees nothing, the magnitude test sees the ordering, from kernels and records."""
-    rng = np.random.default_rng(7)
-    profile = np.array([[0.6, 0.8, 0.6], [0.8, 1.0, 0.8], [0.6, 0.8, 0.6]])
-    layers = []
-    for o, i in ((32, 16), (32, 32)):
-        magnitude = profile * rng.lognormal(0.0, 0.3, size=(o, i, 3, 3))
-        layers.append((rng.choice([-1.0, 1.0], size=(o, i, 3, 3)) * magnitude).astype(np.float32))
-    stats = weight_stats(Stack(layers))
-    for inner, outer in lo.TABLE4_PAIRS:
-        signed = ins.stats_locality_test(stats, inner, outer, absolute=False)
-        magn = ins.stats_locality_test(stats, inner, outer, absolute=True)
-        assert abs(signed.m) < 0.1 and signed.p_two_sided > 0.01
-        assert magn.m > 0.3 and magn.p < 1e-10
-        assert magn.m == pytest.approx(lo.m_score(layers, inner, outer, absolute=True), rel=1e-6)
+# ----------------------------------------------------------------------------- chapter 07's helpers
+
+def test_layer_locality_of_records():
+    from locolib.models import build_model
+
+    model = build_model("vgg13", 10, in_channels=1, width=0.0625)
+    record = {"config": {"network": "vgg13", "width": 0.0625, "kernel_size": 3},
+              "weight_stats": weight_stats(model)}
+    by_layer = ins.layer_locality([record, record])
+    assert list(by_layer.index.names) == ["network", "layer", "map", "stride"]
+    assert list(by_layer.index.get_level_values("map")) == [32, 32, 16, 16, 8, 8, 4, 4, 2, 2]
+    assert by_layer["coverage n/co"].iloc[-1] == pytest.approx(2.0)
+    large = ins.ring_means(ins.tap_coverage(32)[None])
+    assert by_layer["coverage n/co"].iloc[0] == pytest.approx(large["n"] / large["co"])
+    fig = ins.plot_layer_locality(by_layer, {"vgg13": "VGG13"})
+    assert [ax.get_title() for ax in fig.axes] == [f"{c} |w| per layer, L2 runs" for c in ("m(c,n)", "m(n,co)")]
+
+
+def test_kernels_versus_records_of_a_run(tmp_path):
+    cfg = tiny_config(seed=2, kernel_size=5)
+    rec = train(cfg, results_dir=tmp_path, progress=False, model_dir=tmp_path / "m")
+    check = ins.kernels_versus_records([cfg], [rec], tmp_path, tmp_path / "m")
+    assert check["same stars"] and check["largest difference in m"] < 1e-9

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch import nn
 
+from locolib import kernels as K
 from locolib import locality as lo
+from locolib.train import weight_stats
 
 CENTRE, NEIGHBOURS, CORNERS = [(1, 1)], [(0, 1), (1, 0), (1, 2), (2, 1)], [(0, 0), (0, 2), (2, 0), (2, 2)]
 
@@ -56,20 +59,6 @@ def rotationally_symmetric(seed, n=4000):
     return w
 
 
-def test_rings_3x3_and_5x5():
-    assert lo.rings(3) == {"c": ((1, 1),), "n": tuple(sorted(NEIGHBOURS)), "co": tuple(sorted(CORNERS))}
-    r5 = lo.rings(5)
-    assert list(r5) == ["c", "n", "co", "2", "sqrt5", "sqrt8"]
-    assert [len(v) for v in r5.values()] == [1, 4, 4, 4, 8, 4]
-    assert sum(len(v) for v in lo.rings(7).values()) == 49
-    for name, positions in r5.items():
-        d2 = {(i - 2) ** 2 + (j - 2) ** 2 for i, j in positions}
-        assert len(d2) == 1
-    assert lo.index_set("sqrt4", 5) == r5["2"] and lo.index_set("sqrt2", 3) == lo.rings(3)["co"]
-    assert lo.index_set("0", 3) == ((1, 1),) and lo.index_set("1", 3) == lo.rings(3)["n"]
-    assert lo.index_set([(0, 0), (2, 2)], 3) == ((0, 0), (2, 2))
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("absolute", [False, True])
 def test_m_score_matches_loops(seed, absolute):
@@ -84,7 +73,7 @@ def test_m_score_matches_loops(seed, absolute):
 
 def test_m_score_5x5_rings_match_loops():
     layers = random_layers(3, k=5, centre_boost=0.5)
-    r = lo.rings(5)
+    r = K.rings(5)
     for inner, outer in [("c", "n"), ("n", "co"), ("co", "2"), ("2", "sqrt5"), ("sqrt5", "sqrt8")]:
         assert lo.m_score(layers, inner, outer) == pytest.approx(loop_m(layers, r[inner], r[outer]), rel=1e-12)
 
@@ -163,13 +152,13 @@ def test_numpy_and_torch_and_leading_dims_agree():
     assert lo.m_score((a.tolist() for a in layers), "c", "n") == pytest.approx(m, rel=1e-12)
 
 
-def test_conv_kernels_from_a_torch_model():
+def test_spatial_kernels_of_a_torch_model_go_into_m_score():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 1),
                                 torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(8, 4, 5))
-    kernels = lo.conv_kernels(model)
+    kernels = K.spatial_kernels(model, 3)
     assert [tuple(t.shape) for t in kernels] == [(8, 3, 3, 3), (8, 1, 3, 3)]
-    assert [tuple(t.shape) for t in lo.conv_kernels(model, k=5)] == [(4, 8, 5, 5)]
+    assert [tuple(t.shape) for t in K.spatial_kernels(model, k=5)] == [(4, 8, 5, 5)]
     assert np.isfinite(lo.m_score(kernels, "c", "n"))
 
 
@@ -223,7 +212,7 @@ def test_one_sided_test_never_stars_a_negative_mean():
 @pytest.mark.parametrize("p, code", [(0.0, "***"), (0.00099, "***"), (0.001, "**"), (0.0099, "**"),
                                      (0.01, "*"), (0.05, "*"), (0.0999, "*"), (0.1, ""), (0.7, "")])
 def test_stars_use_the_papers_levels(p, code):
-    assert lo.stars(p) == code
+    assert K.stars(p) == code
 
 
 def test_split_halves():
@@ -264,3 +253,242 @@ def test_paper_table4_transcription():
 
 def test_docstrings():
     assert doctest.testmod(lo).failed == 0
+
+
+# ----------------------------------------------------------------------------- one path: kernels and records
+
+class Stack(nn.Module):
+    """Plain conv stack whose kernels are set by hand (weight_stats only needs spatial convs)."""
+
+    def __init__(self, kernels):
+        super().__init__()
+        self.convs = nn.ModuleList()
+        for w in kernels:
+            conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], bias=False)
+            with torch.no_grad():
+                conv.weight.copy_(torch.as_tensor(w))
+            self.convs.append(conv)
+
+
+def random_kernels(seed, k=3, sizes=((8, 3), (16, 8), (16, 16), (4, 16), (12, 4)), boost=0.2):
+    rng = np.random.default_rng(seed)
+    out = []
+    for o, i in sizes:
+        w = rng.normal(size=(o, i, k, k))
+        w[..., k // 2, k // 2] += boost * (1 + rng.random())
+        out.append(w.astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("k", [3, 5])
+def test_locality_test_of_records_equals_the_test_on_kernels(seed, k):
+    kernels = random_kernels(seed, k)
+    stats = weight_stats(Stack(kernels))
+    layers = [torch.as_tensor(w).double() for w in kernels]
+    names = list(K.rings(k))
+    for inner, outer in zip(names, names[1:]):
+        for absolute in (False, True):
+            want = lo.locality_test(layers, inner, outer, absolute)
+            got = lo.locality_test(stats, inner, outer, absolute)
+            assert got.n == want.n and got.n_layers == want.n_layers
+            assert got.m == pytest.approx(want.m, rel=1e-9, abs=1e-12)
+            assert got.t == pytest.approx(want.t, rel=1e-8)
+            assert got.p == pytest.approx(want.p, rel=1e-6, abs=1e-300)
+            assert got.p_two_sided == pytest.approx(want.p_two_sided, rel=1e-6, abs=1e-300)
+
+
+def test_table4_row_of_records_equals_table4_row_of_kernels():
+    kernels = random_kernels(3)
+    want = lo.table4_row([torch.as_tensor(w) for w in kernels], "net")
+    got = lo.table4_row(weight_stats(Stack(kernels)), "net")
+    assert list(got.columns) == list(want.columns)
+    assert (got[["model", "absolute", "part", "pair", "stars", "n", "n_layers"]]
+            .equals(want[["model", "absolute", "part", "pair", "stars", "n", "n_layers"]]))
+    np.testing.assert_allclose(got["m"], want["m"], rtol=1e-9)
+    np.testing.assert_allclose(got["p"], want["p"], rtol=1e-6, atol=1e-300)
+
+
+def test_table4_row_of_records_selects_a_kernel_size_and_rejects_other_pairs():
+    stats = weight_stats(Stack(random_kernels(0, 5)[:3] + random_kernels(0, 3)[:2]))
+    with pytest.raises(ValueError, match="pass k"):
+        lo.table4_row(stats)
+    row5 = lo.table4_row(stats, k=5, pairs=[("co", "2"), ("sqrt5", "sqrt8")])
+    assert set(row5["n_layers"][row5["part"] == "all"]) == {3}
+    row3 = lo.table4_row(stats, k=3)
+    assert set(row3["n_layers"][row3["part"] == "all"]) == {2}
+    with pytest.raises(ValueError, match="consecutive"):
+        lo.locality_test(stats[:3], "c", "co")
+    with pytest.raises(ValueError, match="share k"):
+        lo.locality_test(stats, "c", "n")
+    assert lo.ring_pair_index("c", "n", 3) == 0 and lo.ring_pair_index("sqrt5", "sqrt8", 5) == 4
+
+
+def test_stats_with_zero_spread_cannot_be_standardised():
+    w = np.ones((4, 2, 3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="zero spread"):
+        lo.locality_test(weight_stats(Stack([w])), "c", "n")
+
+
+def test_table4_runs_pools_the_halves_of_each_run():
+    runs = [random_kernels(s) for s in (4, 5, 6)]
+    stats = [weight_stats(Stack(r)) for r in runs]
+    got = lo.table4_runs(stats, "net")
+    # independent: pool each run's halves as separate layers and run the kernel-based test
+    for part in ("all", "lower", "upper"):
+        layers = []
+        for r in runs:
+            lower, upper = lo.split_halves([torch.as_tensor(w).double() for w in r])
+            layers += {"all": lower + upper, "lower": lower, "upper": upper}[part]
+        for inner, outer in lo.TABLE4_PAIRS:
+            for absolute in (False, True):
+                want = lo.locality_test(layers, inner, outer, absolute)
+                row = got[(got.part == part) & (got.pair == f"m({inner},{outer})")
+                          & (got.absolute == absolute)].iloc[0]
+                assert row.m == pytest.approx(want.m, rel=1e-9)
+                assert row.p == pytest.approx(want.p, rel=1e-6, abs=1e-300)
+                assert row.n == want.n and row.n_layers == len(layers)
+    one = lo.table4_runs(stats[:1], "net")
+    pd_cols = ["m", "p", "n"]
+    np.testing.assert_allclose(one[pd_cols].to_numpy(float),
+                               lo.table4_row(stats[0], "net")[pd_cols].to_numpy(float))
+
+
+def test_random_signs_hide_centre_heavy_magnitudes_from_the_signed_test():
+    """The logic behind chapter 07's signed-vs-magnitude finding, on hand-made kernels: magnitudes
+    fall from the centre outwards, signs are random (a filter and its negative are equally good).
+    The signed test sees nothing, the magnitude test sees the ordering, from kernels and records."""
+    rng = np.random.default_rng(7)
+    profile = np.array([[0.6, 0.8, 0.6], [0.8, 1.0, 0.8], [0.6, 0.8, 0.6]])
+    layers = []
+    for o, i in ((32, 16), (32, 32)):
+        magnitude = profile * rng.lognormal(0.0, 0.3, size=(o, i, 3, 3))
+        layers.append((rng.choice([-1.0, 1.0], size=(o, i, 3, 3)) * magnitude).astype(np.float32))
+    stats = weight_stats(Stack(layers))
+    for inner, outer in lo.TABLE4_PAIRS:
+        signed = lo.locality_test(stats, inner, outer, absolute=False)
+        magn = lo.locality_test(stats, inner, outer, absolute=True)
+        assert abs(signed.m) < 0.1 and signed.p_two_sided > 0.01
+        assert magn.m > 0.3 and magn.p < 1e-10
+        assert magn.m == pytest.approx(lo.m_score(layers, inner, outer, absolute=True), rel=1e-6)
+
+
+def test_a_model_and_its_record_give_the_same_table4():
+    """One path: a model's kernels and the weight_stats its training record keeps reduce to the
+    same per-layer sums, so every cell (number, stars, test) comes out the same."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 24, 1),
+                          nn.Conv2d(24, 24, 3), nn.Conv2d(24, 8, 3))
+    from_model = lo.table4_row(K.spatial_kernels(model), "net")
+    from_record = lo.table4_row(weight_stats(model), "net")
+    assert lo.format_table4(from_model).equals(lo.format_table4(from_record))
+    for col in ("m", "t", "p", "p_two_sided"):
+        np.testing.assert_allclose(from_record[col], from_model[col], rtol=1e-9, atol=1e-300)
+    # a layer may come either way within one call
+    mixed = lo.locality_test([K.spatial_kernels(model)[0], *weight_stats(model)[1:]], "c", "n")
+    assert mixed.m == pytest.approx(from_model.m.iloc[0], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- permutation test
+
+def test_permutation_test_finds_centre_heavy_kernels_at_its_resolution():
+    layers = random_layers(20, sizes=((32, 8), (16, 32)), centre_boost=1.0)
+    r = lo.permutation_test(layers, "c", "n", n_permutations=199, seed=0)
+    assert r.m == pytest.approx(lo.m_score(layers, "c", "n"))
+    assert r.p == pytest.approx(1 / 200) and r.p_two_sided == pytest.approx(2 / 200)
+    assert abs(r.null_mean) < 4 / math.sqrt(32 * 8 + 16 * 32) and r.null_sd < 0.1
+    again = lo.permutation_test(layers, "c", "n", n_permutations=199, seed=0)
+    assert again == r, "seeded: the same draws give the same answer"
+    negative = lo.permutation_test([-a for a in layers], "c", "n", n_permutations=199, seed=1)
+    assert negative.p == 1.0 and negative.p_two_sided == pytest.approx(2 / 200)
+
+
+def test_permutation_test_is_calibrated_under_its_null():
+    """Kernels with exchangeable taps (i.i.d., heavy-tailed): the p-values are about uniform."""
+    rng = np.random.default_rng(21)
+    ps = []
+    for _ in range(60):
+        layers = [rng.standard_t(2, size=(24, 3, 3)), rng.standard_t(2, size=(12, 3, 3))]
+        ps.append(lo.permutation_test(layers, "n", "co", absolute=True, n_permutations=99,
+                                      seed=int(rng.integers(1 << 30))).p)
+    ps = np.array(ps)
+    assert 0.01 < (ps <= 0.1).mean() < 0.25 and 0.35 < (ps <= 0.5).mean() < 0.65
+
+
+def test_enumerated_and_shuffled_draws_agree(monkeypatch):
+    """3 x 3 kernels use the table of the 630 ways to deal taps to (c, n, co); forcing the plain
+    shuffle of all taps must give the same null distribution."""
+    layers = random_layers(22, sizes=((40, 10),), centre_boost=0.05)
+    table = lo.permutation_test(layers, "c", "n", n_permutations=400, seed=3)
+    monkeypatch.setattr(lo, "_TABLE_LIMIT", 0)
+    shuffled = lo.permutation_test(layers, "c", "n", n_permutations=400, seed=3)
+    assert table.m == shuffled.m
+    assert shuffled.null_mean == pytest.approx(table.null_mean, abs=3 * table.null_sd / 10)
+    assert shuffled.null_sd == pytest.approx(table.null_sd, rel=0.15)
+    assert abs(shuffled.p - table.p) < 0.1
+
+
+def test_table4_row_with_permutations():
+    layers = random_layers(23, sizes=((16, 8), (16, 16), (8, 16)), k=5, centre_boost=1.0)
+    tidy = lo.table4_row(layers, "toy", pairs=[("c", "n"), ("sqrt5", "sqrt8")], permutations=99, seed=0)
+    assert {"p_perm", "p_perm_two_sided", "stars_perm"} <= set(tidy.columns)
+    centre = tidy[tidy.pair == "m(c,n)"]
+    assert np.allclose(centre.p_perm, 0.01) and (centre.stars_perm == "*").all()
+    assert (tidy[tidy.pair == "m(sqrt5,sqrt8)"].p_perm > 0.01).all()
+    wide = lo.format_table4(tidy, stars_column="stars_perm")
+    assert wide.loc[("toy", False), ("all", "m(c,n)")].endswith("*")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    with pytest.raises(TypeError, match="needs kernels"):
+        lo.table4_row(weight_stats(model), permutations=9)
+    with pytest.raises(ValueError, match="n_permutations"):
+        lo.permutation_test(layers, "c", "n", n_permutations=0)
+
+
+# ----------------------------------------------------------------------------- chapter 07's helpers
+
+def fake_record(seed, network="vgg13", regularizer="l2", k=3, boost=0.5, error=0.1):
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 8, k), nn.Conv2d(8, 8, k), nn.Conv2d(8, 16, k), nn.Conv2d(16, 16, k)]
+    with torch.no_grad():
+        for conv in layers:
+            conv.weight[..., k // 2, k // 2] += boost * conv.weight.abs().mean()
+    return {"config": {"dataset": "digits", "network": network, "regularizer": regularizer, "seed": seed},
+            "final": {"test_error": error}, "weight_stats": weight_stats(nn.Sequential(*layers))}
+
+
+def test_table4_of_records_pools_each_arm_and_tests_each_run():
+    records = [fake_record(s, regularizer=reg)
+               for s in range(3) for reg in ("l2", "loco")]
+    pooled, per_run = lo.table4_of_records(records)
+    assert set(pooled.model) == {"digits VGG13 (Table 3) L2", "digits VGG13 (Table 3) LOCO"}
+    assert (pooled.runs == 3).all() and len(per_run) == 6 * 12
+    l2 = [r["weight_stats"] for r in records if r["config"]["regularizer"] == "l2"]
+    want = lo.table4_runs(l2, "x")
+    got = pooled[pooled.regularizer == "l2"].reset_index(drop=True)
+    np.testing.assert_allclose(got.m, want.m)
+    counts = lo.significant_runs(per_run)
+    assert counts.loc[("vgg13", "l2", False), ("all", "m(c,n)")] == "3/3"
+    assert counts.shape == (4, 6)
+
+
+def test_ring_pairs_per_run_and_their_counts():
+    records = [fake_record(s, k=5, error=0.25) for s in range(2)]
+    rows = lo.ring_pairs_per_run(records, k=5)
+    assert len(rows) == 2 * 2 * 5 and set(rows["test error %"]) == {25.0}
+    first = rows[(rows.seed == 0) & rows.absolute & (rows.pair == "m(c,n)")].iloc[0]
+    assert first.m == pytest.approx(lo.locality_test(records[0]["weight_stats"], "c", "n", True).m)
+    count = lo.count_ring_pairs(rows)
+    assert count.loc[(False, "m(c,n)"), "positive_p_01"] == 2 and count.loc[(False, "m(c,n)"), "runs"] == 2
+    assert count.loc[(True, "m(co,2)"), "paper (CIFAR-100, 20 runs)"] == "14/20 > 0 (p < .01)"
+
+
+def test_side_by_side_and_upper_exceeds_lower():
+    tidy = lo.table4_row(random_layers(30, centre_boost=0.5), "toy")
+    side = lo.side_by_side([("ours: ", tidy[tidy.absolute]), ("ours: ", tidy[~tidy.absolute])])
+    assert list(side.index[-2:]) == ["ours: toy (|w|)", "ours: toy (signed)"]
+    assert side.shape == (9 + 2, 6) and side.loc["paper: ImageNet VGG16", ("all", "m(c,n)")] == "0.118***"
+    assert side.loc["ours: toy (signed)", ("all", "m(c,n)")] == lo.format_table4(tidy).iloc[0, 0]
+    paper = lo.paper_table4()
+    assert lo.upper_exceeds_lower(paper[paper.dataset == "CIFAR-100"], by="model") == {
+        "VGG13 (Table 3)": True, "ResNet18": True, "MobileNet (Table 3)": False}

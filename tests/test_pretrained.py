@@ -11,12 +11,13 @@ from torch import nn
 
 from locolib import locality as lo
 from locolib import pretrained as P
+from locolib.kernels import spatial_kernels
 
 torch.set_num_threads(1)
 
 
 def count_square(model: nn.Module, k: int = 3) -> tuple[int, int]:
-    """(layers, depth-wise layers) with k x k kernels, counted independently of conv_kernels."""
+    """(layers, depth-wise layers) with k x k kernels, counted independently of spatial_kernels."""
     convs = [m for m in model.modules() if type(m) is nn.Conv2d and m.kernel_size == (k, k)]
     return len(convs), sum(m.groups > 1 and m.groups == m.in_channels for m in convs)
 
@@ -26,9 +27,9 @@ def count_square(model: nn.Module, k: int = 3) -> tuple[int, int]:
 @pytest.mark.parametrize("name,layers,depthwise", [
     ("ResNet50", 16, 0), ("MobileNetV2", 18, 17), ("DenseNet121", 58, 0), ("InceptionV3", None, 0),
 ])
-def test_square_kernels_of_random_models(name, layers, depthwise):
+def test_3x3_kernels_of_random_models(name, layers, depthwise):
     model = P.build_imagenet_model(name)
-    ks = P.square_kernels(model)
+    ks = spatial_kernels(model, 3)
     n, dw = count_square(model)
     assert len(ks) == n and dw == depthwise
     if layers is not None:
@@ -39,13 +40,13 @@ def test_square_kernels_of_random_models(name, layers, depthwise):
         assert any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 3) for m in model.modules())
 
 
-def test_vgg16_has_13_square_kernels():
-    assert len(P.square_kernels(P.build_imagenet_model("VGG16"))) == 13
+def test_vgg16_has_13_3x3_kernels():
+    assert len(spatial_kernels(P.build_imagenet_model("VGG16"), 3)) == 13
 
 
 def test_random_initialisation_shows_no_locality():
     """i.i.d. initial weights: every ring is alike, so m is near 0 and not significant."""
-    ks = P.square_kernels(P.build_imagenet_model("ResNet50", seed=3))
+    ks = spatial_kernels(P.build_imagenet_model("ResNet50", seed=3), 3)
     for inner, outer in lo.TABLE4_PAIRS:
         for absolute in (False, True):
             r = lo.locality_test(ks, inner, outer, absolute)
@@ -55,10 +56,10 @@ def test_random_initialisation_shows_no_locality():
 def test_build_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a = P.square_kernels(P.build_imagenet_model("MobileNetV2", seed=5))
+    a = spatial_kernels(P.build_imagenet_model("MobileNetV2", seed=5), 3)
     assert torch.equal(before, torch.random.get_rng_state())
-    b = P.square_kernels(P.build_imagenet_model("MobileNetV2", seed=5))
-    c = P.square_kernels(P.build_imagenet_model("MobileNetV2", seed=6))
+    b = spatial_kernels(P.build_imagenet_model("MobileNetV2", seed=5), 3)
+    c = spatial_kernels(P.build_imagenet_model("MobileNetV2", seed=6), 3)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
 
@@ -93,7 +94,7 @@ def test_uses_weights_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "host_reachable", lambda *a, **k: pytest.fail("no network needed"))
     out = P.load_imagenet_model("MobileNetV2")
     assert out.ok and out.source == "cache"
-    for x, y in zip(P.square_kernels(out.model), P.square_kernels(reference)):
+    for x, y in zip(spatial_kernels(out.model, 3), spatial_kernels(reference, 3)):
         assert torch.equal(x, y)
 
 
@@ -109,3 +110,12 @@ def test_host_reachable():
         server.listen(1)
         port = server.getsockname()[1]
         assert P.host_reachable(f"http://127.0.0.1:{port}/x", timeout=1.0)
+
+
+def test_chapter_helpers_without_downloads():
+    status, tidy = P.imagenet_table4(["MobileNetV2", "VGG16"], pretrained=False)
+    assert tidy is None and list(status.weights) == ["skipped", "skipped"]
+    assert list(status.torchvision) == ["mobilenet_v2", "vgg16"]
+    control = P.random_init_table4(["MobileNetV2"])
+    assert set(control.model) == {"MobileNetV2 (random init)"} and len(control) == 12
+    assert control.m.abs().max() < 0.05
