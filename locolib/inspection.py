@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -28,6 +29,8 @@ from torch import nn
 from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
 from locolib.locality import as_matrices, locality_test, table4_row
 from locolib.models import build_model
+from locolib.results import default_results_dir
+from locolib.train import derive_seed, result_path, train
 
 __all__ = [
     "relu_names",
@@ -160,9 +163,6 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
     just to recover the weights, and the recovered run's final metrics must equal the stored
     record's (training is deterministic; on CPU bitwise). Otherwise FileNotFoundError.
     """
-    from locolib.results import default_results_dir
-    from locolib.train import result_path, train
-
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     model_dir = Path(model_dir) if model_dir is not None else results_dir / "models"
     weights = model_dir / f"{config.key}.pt"
@@ -253,8 +253,6 @@ def layer_locality(records: Sequence[Mapping[str, Any]], input_size: int = 32) -
 def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None = None):
     """Chapter 07's figure of :func:`layer_locality`: m(c,n) and m(n,co) of the magnitudes per
     layer, one line per network, each point labelled with the width of its input map."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, col in zip(axes, ["m(c,n) |w|", "m(n,co) |w|"]):
         for network, g in by_layer.reset_index().groupby("network"):
@@ -288,3 +286,21 @@ def kernels_versus_records(configs: Sequence[Any], records: Sequence[Mapping[str
             same_stars &= bool((from_kernels.stars == from_stats.stars).all())
             largest = max(largest, float((from_kernels.m - from_stats.m).abs().max()))
     return {"largest difference in m": largest, "same stars": same_stars}
+
+
+def untrained_model(config: Any, num_classes: int, in_channels: int) -> nn.Module:
+    """The network of run ``config`` as it was before training: its initial weights, drawn from
+    the run's own "init" stream (:func:`locolib.train.derive_seed`), without touching the
+    caller's RNG (chapter 04 compares trained with untrained feature maps)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        return build_model(config.network, num_classes, in_channels=in_channels, width=config.width,
+                           kernel_size=config.kernel_size, init=config.init).eval()
+
+
+def position_profiles(models: Sequence[nn.Module], absolute: bool) -> list[np.ndarray]:
+    """Per spatial layer, the k x k mean of w (or |w|) at each position divided by the layer's
+    mean |w|, averaged over ``models`` (chapter 04, Figure 4)."""
+    per_model = [[position_means(w, absolute) / position_means(w, True).mean() for w in spatial_kernels(m)]
+                 for m in models]
+    return [np.mean(layer, axis=0) for layer in zip(*per_model)]

@@ -39,7 +39,7 @@ from locolib.experiments import finished_records, history_frame, table6_loco_par
 from locolib.sweep import print_status, run_sweep
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
-__all__ = ["Arm", "Study", "STUDIES", "study", "run_study", "arm_frame", "arm_history", "main"]
+__all__ = ["Arm", "Study", "STUDIES", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study", "arm_frame", "arm_history", "main"]
 
 PAPER_LAM = 5e-4
 #: The book's fixed LOCO-REG: centre regularized half, corners twice as strongly as the edges.
@@ -172,6 +172,24 @@ STUDIES: dict[str, Study] = {
                       {"vgg13": {}, "mobilenet": {"width": 0.25}, "resnet18": {"width": 0.0625}},
                       {"vgg13": 20, "mobilenet": 16, "resnet18": 10}, {"vgg13": 12}, 8, 8, 10),
 }
+
+
+#: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
+#: weights kept for feature maps and filters.
+FEATURE_MAP_RUNS: dict[str, dict[str, Any]] = {
+    "smoke": {"width": 0.0625, "epochs": 2, "train_subset": 256, "seeds": (0,)},
+    "default": {"width": 0.125, "epochs": 40, "train_subset": None, "seeds": (0, 1)},
+}
+
+
+def feature_map_configs(profile: str) -> dict[tuple[str, int], RunConfig]:
+    """Chapter 04's runs of ``profile``, keyed by (regularizer, seed)."""
+    if profile not in FEATURE_MAP_RUNS:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {list(FEATURE_MAP_RUNS)}")
+    p = dict(FEATURE_MAP_RUNS[profile])
+    seeds = p.pop("seeds")
+    return {(reg, seed): RunConfig("digits", "vgg13", reg, seed, **p, **(FIXED_LOCO if reg == "loco" else {}))
+            for seed in seeds for reg in ("l2", "loco")}
 
 
 def study(profile: str) -> Study:
