@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +60,7 @@ LOCO_DEFAULT: dict[str, float] = {"gamma": 0.5, "eta": 2.0}
 #: Fields spelled out in a run's key (the rest is hashed).
 KEY_FIELDS = ("dataset", "network", "regularizer", "seed")
 
-PerLayer = Union[float, tuple[float, ...]]
+PerLayer = float | tuple[float, ...]
 
 
 def config_field(default: Any = dataclasses.MISSING, help: str = "", *, hashed: bool = True,

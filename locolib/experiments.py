@@ -8,11 +8,9 @@ copied into ``results/``).
 
 Besides the plan, this module holds what the LOCO-REG chapters compute from result records:
 
-* :data:`PAPER_TABLE5`, :func:`table5`, :func:`format_table5`: the paper's Table 5 and our
-  statistics (:func:`locolib.results.compare`) next to it; :func:`table5_problems` checks a
-  table's completeness and internal consistency, :func:`verdict` says what a row supports;
-  :func:`provenance_summary` where the runs come from; :func:`arm_summary` per-arm means with
-  confidence intervals; :func:`history_frame` learning curves;
+* :data:`PAPER_TABLE5`, :func:`paper_table5`: the paper's Table 5 with its differences
+  (chapter 05 compares with it through :mod:`locolib.stats`); :func:`history_frame` learning
+  curves;
 * :func:`stats_layer_ratios`, :func:`table6_frame`, :func:`stats_table6_parameters`,
   :func:`table6_loco_params`: Table 6's layer-wise ``(gamma_l, eta_l)`` from the compact
   per-layer kernel sums every record stores (:func:`locolib.train.weight_stats`). So the
@@ -32,8 +30,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from locolib.config import KEY_FIELDS, REGULARIZERS, RunConfig, config_fields
+from locolib.inspection import spatial_input_sizes
+from locolib.models import build_model
+from locolib.reg import LocoDecay, index_set, modulate, table6_from_ratios
+from locolib.results import finished_record
+from locolib.sweep import plan
+from locolib.train import result_path
 
 __all__ = [
     "SWEEP_KEYS",
@@ -41,12 +47,6 @@ __all__ = [
     "finished_records",
     "PAPER_TABLE5",
     "paper_table5",
-    "table5",
-    "format_table5",
-    "table5_problems",
-    "verdict",
-    "provenance_summary",
-    "arm_summary",
     "history_frame",
     "stats_layer_ratios",
     "per_model_ratios",
@@ -95,7 +95,6 @@ def book_plan(
     LOCO-REG parameters as in :func:`locolib.sweep.plan` (e.g. :func:`table6_loco_params`); they
     override ``gamma``/``eta``. Other keys are :class:`RunConfig` fields; unknown keys raise.
     """
-    from locolib.sweep import plan
 
     unknown = sorted(set(settings) - set(SWEEP_KEYS))
     if unknown:
@@ -116,8 +115,6 @@ def finished_records(configs: Iterable[RunConfig],
                      results_dir: str | Path | None = None) -> list[dict]:
     """The stored records of those ``configs`` that are finished, in order; trains nothing
     (files that are not valid records are named in a warning: :func:`locolib.results.read_record`)."""
-    from locolib.results import finished_record
-    from locolib.train import result_path
 
     records = (finished_record(result_path(c, results_dir), c.key) for c in configs)
     return [r for r in records if r is not None]
@@ -151,143 +148,6 @@ def paper_table5() -> pd.DataFrame:
     return df
 
 
-def table5(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """:func:`locolib.results.compare` of ``df`` (test errors in %), with the paper's numbers
-    joined on (dataset, network) where the paper has that cell (NaN otherwise, e.g. digits)."""
-    from locolib.results import compare
-
-    ours = compare(df, percent=True, confidence=confidence)
-    return ours.merge(paper_table5(), on=["dataset", "network"], how="left")
-
-
-def format_table5(t: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
-    """A :func:`table5` (or :func:`locolib.results.compare`) frame for reading: errors in %,
-    differences in percentage points, relative difference in %, the CI as text, p-values with
-    3 significant digits; the paper's columns where present. Extra leading columns (e.g. a
-    ``rule`` column) are kept."""
-    def num(v, d=decimals):
-        return "" if v is None or v != v else f"{v:.{d}f}"
-
-    def pval(v):
-        return "" if v is None or v != v else f"{v:.3g}"
-
-    lead = [c for c in t.columns if c not in _TABLE5_COLUMNS]
-    out = t[lead].copy()
-    out["n (L2/LOCO)"] = [f"{a}/{b}" for a, b in zip(t.n_l2, t.n_loco)]
-    out["L2 error %"] = t.l2_mean.map(num)
-    out["LOCO error %"] = t.loco_mean.map(num)
-    out["difference (pp)"] = t.difference.map(num)
-    out["relative %"] = (100 * t.rel_difference).map(lambda v: num(v, 1))
-    out["95% CI (pp)"] = [f"[{num(a)}, {num(b)}]" if a == a else "" for a, b in zip(t.ci_low, t.ci_high)]
-    out["p one-sided"] = t.p_one_sided.map(pval)
-    out["p two-sided"] = t.p_two_sided.map(pval)
-    out["stars"] = t.stars
-    if "paper_l2" in t.columns:
-        out["paper L2 %"] = t.paper_l2.map(num)
-        out["paper LOCO %"] = [num(v) + (s if isinstance(s, str) else "") for v, s in
-                               zip(t.paper_loco, t.paper_stars)]
-    return out
-
-
-def table5_problems(t: pd.DataFrame, n_per_arm: int | None = None,
-                    cells: Iterable[tuple[str, str]] | None = None) -> list[str]:
-    """Internal consistency of a :func:`table5` frame; an empty list when all holds:
-
-    every expected (dataset, network) cell is there (``cells``), each arm has ``n_per_arm`` runs,
-    difference = loco - l2 and the relative difference, a test wherever one is possible (two runs
-    per arm and some spread), p-values in [0, 1], the one-sided p is the two-sided p's half on the
-    side of the observed difference, the CI contains the difference and excludes 0 exactly when
-    the two-sided p < 0.05 (at 95%), and the stars follow the one-sided p.
-    """
-    from locolib.results import significance_stars
-
-    out = []
-    if cells is not None:
-        missing = sorted(set(cells) - set(zip(t.dataset, t.network)))
-        if missing:
-            out.append(f"cells missing: {missing}")
-    for r in t.itertuples():
-        name = f"{r.dataset}/{r.network}"
-        if n_per_arm is not None and (r.n_l2 != n_per_arm or r.n_loco != n_per_arm):
-            out.append(f"{name}: {r.n_l2}/{r.n_loco} runs, expected {n_per_arm} per arm")
-        if not math.isclose(r.difference, r.loco_mean - r.l2_mean, rel_tol=1e-9, abs_tol=1e-12):
-            out.append(f"{name}: difference is not loco - l2")
-        if not math.isclose(r.rel_difference, r.difference / r.l2_mean, rel_tol=1e-9, abs_tol=1e-12):
-            out.append(f"{name}: relative difference is not difference / l2")
-        spread = (0 if r.l2_std != r.l2_std else r.l2_std) + (0 if r.loco_std != r.loco_std else r.loco_std)
-        if r.p_two_sided != r.p_two_sided:
-            if r.n_l2 >= 2 and r.n_loco >= 2 and spread > 0:
-                out.append(f"{name}: no test although both arms have runs and spread")
-            continue
-        if not (0 <= r.p_two_sided <= 1 and 0 <= r.p_one_sided <= 1):
-            out.append(f"{name}: p-value outside [0, 1]")
-        half = r.p_two_sided / 2
-        if not math.isclose(r.p_one_sided, half if r.t < 0 else 1 - half, abs_tol=1e-12):
-            out.append(f"{name}: one-sided p does not match the two-sided p")
-        if not r.ci_low <= r.difference <= r.ci_high:
-            out.append(f"{name}: the CI does not contain the difference")
-        if (r.ci_high < 0 or r.ci_low > 0) != (r.p_two_sided < 0.05):
-            out.append(f"{name}: the 95% CI and the two-sided p disagree")
-        if r.stars != significance_stars(r.p_one_sided):
-            out.append(f"{name}: stars do not follow the one-sided p")
-    return out
-
-
-def verdict(row: Any, alpha: float = 0.05) -> str:
-    """What one row of :func:`table5` (computed at confidence 1 - alpha) supports, in words."""
-    if row.p_two_sided != row.p_two_sided:
-        return "no test (too few runs or no spread)"
-    if row.p_two_sided < alpha:
-        lower = "lower" if row.difference < 0 else "higher"
-        return f"LOCO-REG significantly {lower} error ({100 * alpha:g}% level, two-sided)"
-    return f"no significant difference ({100 * alpha:g}% level, two-sided)"
-
-
-_TABLE5_COLUMNS = {"n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std", "difference",
-                   "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low",
-                   "ci_high", "paper_l2", "paper_loco", "paper_stars", "paper_difference",
-                   "paper_rel_difference"}
-
-
-def provenance_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Where the runs of ``df`` (rows as from :func:`locolib.results.load_results`) come from,
-    per (dataset, network): number of runs, devices, first and last date, git commits (short),
-    and the protocol (epochs, width, train subset)."""
-    rows = []
-    for (dataset, network), g in df.groupby(["dataset", "network"], sort=True):
-        def uniq(col, fmt=str, missing=None):
-            vals = sorted({fmt(v) if v is not None and v == v else missing for v in g[col]} - {None})
-            return ", ".join(vals) if vals else "unknown"
-        rows.append({
-            "dataset": dataset, "network": network, "runs": len(g),
-            "device": uniq("device"),
-            "first_date": min(g["date"].dropna(), default="unknown"),
-            "last_date": max(g["date"].dropna(), default="unknown"),
-            "git_commit": uniq("git_commit", lambda v: str(v)[:10]),
-            "torch": uniq("torch"),
-            "epochs": uniq("epochs"), "width": uniq("width"),
-            "train_subset": uniq("train_subset", lambda v: str(int(v)), missing="all"),
-        })
-    return pd.DataFrame(rows)
-
-
-def arm_summary(df: pd.DataFrame, by: Sequence[str] = ("dataset", "network", "regularizer"),
-                confidence: float = 0.95) -> pd.DataFrame:
-    """Per arm (default: dataset, network, regularizer): n, mean and sample std of the test
-    error (%), and the t-based ``confidence`` interval of the mean (NaN for n < 2)."""
-    from scipy import stats
-
-    rows = []
-    for keys, g in df.groupby(list(by), sort=True):
-        x = 100.0 * g["test_error"].to_numpy(float)
-        n = len(x)
-        mean, sd = x.mean(), (x.std(ddof=1) if n > 1 else math.nan)
-        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-        rows.append({**dict(zip(by, keys)), "n": n, "mean": mean, "std": sd,
-                     "ci_low": mean - half, "ci_high": mean + half})
-    return pd.DataFrame(rows, columns=[*by, "n", "mean", "std", "ci_low", "ci_high"])
-
-
 def history_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Learning curves: one row per (run, epoch) with dataset, network, regularizer, seed,
     epoch, lr, train_loss, train_acc, test_error (%) and penalty."""
@@ -310,7 +170,6 @@ def history_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 def _region_sum(entry: Mapping[str, Any], spec: str, absolute: bool) -> float:
     """sum over the layer's matrices w of m(w, I): the tap sums over I, divided by |I|."""
-    from locolib.reg import index_set
 
     k = int(entry["k"])
     taps = np.asarray(entry["tap_abs_sum" if absolute else "tap_sum"], dtype=float)
@@ -368,7 +227,6 @@ def table6_frame(records: Sequence[Mapping[str, Any]], cs: Sequence[float] = (0.
     magnitudes): r(I_n, I_c), r(I_n, I_co), gamma = a(r(I_n, I_c), c), a_co = a(r(I_n, I_co), c),
     the printed eta = 1 / a_co and the consistent eta = a_co, and ``valid`` (both a > 0, i.e. a
     usable positive mask). Invalid rows keep the numbers (eta printed is NaN if a_co = 0)."""
-    from locolib.reg import modulate
 
     stats = _layer_stats(records)
     rows = []
@@ -396,7 +254,6 @@ def stats_table6_parameters(records: Sequence[Mapping[str, Any]], c: float = 1.5
     ``decimals``: round the parameters (default 4), so that the LOCO-REG runs they define get the
     same run keys when the records are recomputed with float noise (e.g. on another machine).
     """
-    from locolib.reg import table6_from_ratios
 
     params = table6_from_ratios(stats_layer_ratios(records, "n", "c", absolute),
                                 stats_layer_ratios(records, "n", "co", absolute), c, eta_rule)
@@ -440,10 +297,7 @@ def l2_equivalence(lam: float = 5e-4, steps: int = 5, seed: int = 0,
     largest weight change over the steps (for scale): the first is float rounding, the second is
     not.
     """
-    import torch
-    from torch import nn
 
-    from locolib.reg import LocoDecay
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 1, 8, 8, generator=g)
@@ -482,10 +336,7 @@ def conv_input_sizes(network: str, input_size: int = 32, width: float = 0.125,
                      in_channels: int = 1) -> list[int]:
     """Height of the feature map entering each spatial convolution of ``network`` (module order,
     as the layers of Table 6) for ``input_size`` x ``input_size`` inputs."""
-    import torch
 
-    from locolib.inspection import spatial_input_sizes
-    from locolib.models import build_model
 
     model = build_model(network, 10, in_channels=in_channels, width=width)
     with torch.no_grad():

@@ -28,7 +28,7 @@ import numbers
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 Position = tuple[int, int]
-IndexSpec = Union[str, Collection[Sequence[int]]]
+IndexSpec = str | Collection[Sequence[int]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +274,7 @@ class ConvKernel:
 
 def _onnx_constants(graph: Any) -> dict[str, np.ndarray]:
     """Every tensor whose value the graph fixes: initializers, Constant nodes, and Identity of those."""
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
@@ -302,7 +302,7 @@ def from_onnx(model: str | Path | Any) -> list[ConvKernel]:
     and convolutions that are not 2-D are not spatial k x k kernels and are not returned. A
     ``Conv`` whose weight is computed at run time is an error.
     """
-    import onnx
+    import onnx  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     graph = proto.graph

@@ -25,8 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import sympy
+from matplotlib.patches import Rectangle
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy import integrate, stats
+from scipy.stats import binomtest, ttest_rel
 
+from locolib import minimax
 from locolib.kernels import check_k
 
 Strategy = Literal["sum", "cohesion"]
@@ -59,7 +64,6 @@ def cohesion_kernel(k: int = 3, q: Any = 2, exact: bool = False) -> np.ndarray:
     d2 = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
     upper = np.triu(np.ones_like(d2, dtype=bool), 1)
     if exact:
-        import sympy
 
         qq = sympy.sympify(q)
         return np.array([[sympy.Integer(int(d)) ** (-qq / 2) if u else sympy.Integer(0)
@@ -219,7 +223,6 @@ def ranked_pairs(grid: Any, strategy: Strategy, k: int = 3, q: Any = 2, top: int
 
 def draw_placement(ax: Any, grid: Any, placement: Placement, title: str | None = None) -> None:
     """The map with its values printed in the cells and the two features as coloured boxes."""
-    from matplotlib.patches import Rectangle
 
     grid = np.asarray(grid)
     ax.imshow(grid, cmap="Greys", vmin=grid.min(), vmax=grid.max() * 1.6)
@@ -319,7 +322,6 @@ def robustness_trials(grid: Any = FIGURE3_MAP,
 
 def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact (Clopper-Pearson) binomial confidence interval of a proportion."""
-    from scipy.stats import binomtest
 
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
@@ -365,7 +367,6 @@ def paired_comparison(trials: pd.DataFrame, a: str = "cohesion", b: str = "sum",
     ``agreement_trials``) true more often for strategy ``a`` than for ``b`` on the same noisy
     maps? Columns: only_a, only_b (discordant trials), p_a_better, p_b_better (one-sided exact
     binomial p-values on the discordant trials)."""
-    from scipy.stats import binomtest
 
     rows = []
     for (kind, level), t in trials.groupby(["noise", "level"], sort=False):
@@ -406,7 +407,6 @@ def unit(w: Sequence[float]) -> np.ndarray:
 def filter_bank(g: Callable[[int], float], ks: Sequence[int] = (1, 2)) -> dict[str, np.ndarray]:
     """``FILTERS_1D`` plus the minimax-optimal filters of Theorem 2 (``locolib.minimax.solve``),
     signed and non-negative, for each half-width k in ``ks``; all at unit norm."""
-    from locolib import minimax
 
     bank = {name: unit(w) for name, w in FILTERS_1D.items()}
     for k in ks:
@@ -474,7 +474,6 @@ def compare_filters(x: np.ndarray, names: Sequence[str], noise_levels: Sequence[
     """Paired comparison of filters a and b on the same noisy lines, per noise level: differences
     (a - b) of P(x' != x*) and of mean |x' - x*|, with one-sided p-values that a errs *less*
     (exact McNemar on the trials where exactly one errs; paired t-test on |error|)."""
-    from scipy.stats import binomtest, ttest_rel
 
     ia, ib = list(names).index(a), list(names).index(b)
     rows = []
@@ -511,7 +510,6 @@ def merge_identical(filters: Mapping[str, Sequence[float]], atol: float = 1e-9) 
 def centre_only_p_correct(g: Callable[[int], float], s: float, half_width: int = 20) -> float:
     """P(x' = 0) for the centre-only filter, by numerical integration (no simulation):
     P(m(0) > m(x) for all x != 0) = int phi(z) prod_{x != 0} Phi(z + (g(0) - g(x)) / s) dz."""
-    from scipy import integrate, stats
 
     gaps = np.array([g(0) - g(x) for x in range(-half_width, half_width + 1) if x != 0]) / s
     value, _ = integrate.quad(lambda z: stats.norm.pdf(z) * np.prod(stats.norm.cdf(z + gaps)),

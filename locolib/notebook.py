@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,9 +34,8 @@ def read_parameters(path: str | Path) -> dict[str, Any]:
     Raises ValueError if there is not exactly one such cell or it holds anything but plain
     ``name = literal`` assignments (papermill can only override those faithfully).
     """
-    import ast
 
-    import nbformat
+    import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -73,7 +73,7 @@ def run_notebook(
     in ``smoke-results/`` beside ``output`` (unless ``$LOCOLIB_RESULTS`` is set), so that it never
     adds records to the repository's ``results/``; the other profiles use the repository's.
     """
-    import papermill
+    import papermill  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     source, output = Path(source).resolve(), Path(output).resolve()
     if not source.is_file():
@@ -120,7 +120,7 @@ def colab_cell_source(config: str | Path) -> str:
 
     The repository URL and branch come from ``_config.yml`` so that they are written down once.
     """
-    import yaml
+    import yaml  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     repo = yaml.safe_load(Path(config).read_text())["repository"]
     url, branch = repo["url"].rstrip("/"), repo["branch"]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from locolib.config import RunConfig
 from locolib.data import dataset_spec
@@ -39,7 +40,8 @@ from locolib.experiments import finished_records, history_frame, table6_loco_par
 from locolib.sweep import print_status, run_sweep
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
-__all__ = ["Arm", "Study", "STUDIES", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study", "arm_frame", "arm_history", "main"]
+__all__ = ["Arm", "Study", "STUDIES", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study",
+           "arm_frame", "arm_history", "main"]
 
 PAPER_LAM = 5e-4
 #: The book's fixed LOCO-REG: centre regularized half, corners twice as strongly as the edges.
@@ -256,7 +258,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "come from the first arm's records")
         print_status(configs, a.results)
         return 0
-    import torch
 
     torch.set_num_threads(a.threads)
     arms = run_study(a.profile, a.results, progress=not a.quiet,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from scipy import stats
 
 __all__ = ["paired_strip", "learning_curves"]
 
@@ -15,7 +16,6 @@ def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Seq
                  value: str = "test_error", scale: float = 100.0) -> None:
     """Every run of ``arms`` (one column each) as a dot, the runs of one seed joined by a grey
     line (the pairing), and each arm's mean with its 95% t-interval in black."""
-    from scipy import stats
 
     wide = frame[frame.arm.isin(arms)].pivot_table(index="seed", columns="arm", values=value)
     wide = scale * wide[list(arms)]

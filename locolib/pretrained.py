@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pandas as pd
+import torch
+import torchvision.models as tvm
 from torch import nn
 
 from locolib.kernels import spatial_kernels
@@ -77,7 +79,6 @@ def _arch(name: str) -> tuple[str, str]:
 
 def weights_enum(name: str) -> Any:
     """The torchvision weights entry (with its ``url``) of one of :data:`IMAGENET_MODELS`."""
-    import torchvision.models as tvm
 
     arch, weights = _arch(name)
     return tvm.get_model_weights(arch)[weights]
@@ -85,7 +86,6 @@ def weights_enum(name: str) -> Any:
 
 def cached_weights_path(name: str) -> Path:
     """Where torch.hub keeps (or would keep) the weights file of model ``name``."""
-    import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum(name).url).path).name
 
@@ -116,8 +116,6 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
 def build_imagenet_model(name: str, seed: int = 0) -> nn.Module:
     """Model ``name`` with torchvision's random initialisation (no weights, nothing downloaded),
     seeded by ``seed`` without touching the caller's global RNG state."""
-    import torch
-    import torchvision.models as tvm
 
     arch, _ = _arch(name)
     kwargs = {"init_weights": True, "aux_logits": False} if arch == "inception_v3" else {}
@@ -135,7 +133,6 @@ def load_imagenet_model(name: str, pretrained: bool = True, allow_download: bool
     ``allow_download`` and the host answering within ``timeout`` seconds, they are downloaded
     (VGG16's file is 528 MB). Nothing here raises for a missing network.
     """
-    import torchvision.models as tvm
 
     arch, _ = _arch(name)
     if not pretrained:

@@ -28,13 +28,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from locolib.kernels import (IndexSpec, Position, check_k, index_set, ring_distances, ring_index,
-                             spatial_convs, spatial_kernels, squared_distances)
+from locolib.kernels import (
+    IndexSpec,
+    Position,
+    check_k,
+    index_set,
+    ring_distances,
+    ring_index,
+    spatial_convs,
+    spatial_kernels,
+    squared_distances,
+)
 
 __all__ = [
     "ring_weights",
@@ -61,8 +70,8 @@ __all__ = [
     "spatial_kernels",
 ]
 
-Number = Union[float, int]
-PerLayer = Union[Number, Sequence[Number]]
+Number = float | int
+PerLayer = Number | Sequence[Number]
 
 # Index sets of Eq. 6.1 for a 3 x 3 kernel (row, column).
 I_C: tuple[Position, ...] = index_set("c", 3)

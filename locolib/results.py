@@ -31,6 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy
+import pandas as pd
+import torch
+import torchvision
+
+import locolib
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
 from locolib.kernels import stars as significance_stars  # the paper's notation, defined once
 
@@ -49,7 +55,6 @@ __all__ = [
     "iter_records",
     "load_results",
     "results_frame",
-    "compare",
     "significance_stars",
 ]
 
@@ -261,8 +266,8 @@ class RunLock:
                     continue  # released between our attempts
                 if not self.is_stale(info):
                     if not _has_owner(info):
-                        raise RunLocked(f"{self.path.name} is being created by another process")
-                    raise RunLocked(self.describe(info))
+                        raise RunLocked(f"{self.path.name} is being created by another process") from None
+                    raise RunLocked(self.describe(info)) from None
                 try:  # move the stale lock aside; only one of several contenders succeeds
                     os.replace(self.path, self.path.with_name(
                         f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}.tmp"))
@@ -349,7 +354,6 @@ def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def _device_name(device: Any) -> str:
-    import torch
 
     device = torch.device(device)
     if device.type == "cuda":
@@ -369,15 +373,11 @@ def _device_name(device: Any) -> str:
 
 def provenance(device: Any) -> dict[str, Any]:
     """Library versions, device, host facts and git commit, for a result record."""
-    import numpy
-    import torch
 
-    import locolib
 
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "numpy": numpy.__version__, "locolib": locolib.__version__}
     try:
-        import torchvision
 
         versions["torchvision"] = torchvision.__version__
     except ImportError:  # torchvision is only needed for the image datasets
@@ -474,7 +474,6 @@ def load_results(results_dir: str | Path | None = None, **filters: Any):
 
 
 def _frame(rows: list[dict], filters: dict[str, Any]):
-    import pandas as pd
 
     df = pd.DataFrame(rows, columns=list(_COLUMNS))
     for col, want in filters.items():
@@ -486,65 +485,3 @@ def _frame(rows: list[dict], filters: dict[str, Any]):
         else:
             df = df[df[col].apply(lambda v, w=want: v == w)]
     return df.sort_values(["dataset", "network", "regularizer", "seed"]).reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Table 5 statistics
-# --------------------------------------------------------------------------------------------
-# Settings that must agree within one comparison (otherwise the two arms are not comparable).
-_PROTOCOL = config_fields("protocol")
-
-
-def compare(df, percent: bool = True, confidence: float = 0.95):
-    """Table 5: LOCO-REG vs standard L2 per (dataset, network).
-
-    ``df``: rows as from :func:`load_results` with ``regularizer`` in {"l2", "loco"} and a
-    ``test_error`` column (fractions). Returns one row per (dataset, network) with
-
-    * ``n_l2``, ``n_loco``; ``l2_mean``, ``loco_mean``, ``l2_std``, ``loco_std`` (sample std);
-    * ``difference = loco_mean - l2_mean`` (negative: LOCO-REG is better),
-      ``rel_difference = difference / l2_mean``;
-    * ``t``, ``dof`` (Welch's t statistic and Welch-Satterthwaite degrees of freedom);
-    * ``p_two_sided`` (Welch's t-test, ``scipy.stats.ttest_ind(equal_var=False)``),
-      ``p_one_sided`` (alternative: loco < l2), ``stars`` (from the one-sided p, as in Table 5);
-    * ``ci_low``, ``ci_high``: the ``confidence`` interval for ``difference`` (Welch).
-
-    Errors and differences are in percent (as in Table 5) when ``percent``, else fractions.
-    Raises ValueError if a protocol setting (epochs, width, ...) varies within a (dataset,
-    network) group: filter first, e.g. ``load_results(epochs=250)``.
-    """
-    import numpy as np
-    import pandas as pd
-    from scipy import stats
-
-    scale = 100.0 if percent else 1.0
-    out = []
-    for (dataset, network), g in df.groupby(["dataset", "network"], sort=True):
-        for col in _PROTOCOL:
-            if col in g.columns and g[col].astype(str).nunique() > 1:
-                raise ValueError(
-                    f"{dataset}/{network}: runs differ in {col!r} ({sorted(g[col].astype(str).unique())}); "
-                    "compare only runs of one protocol (filter the DataFrame first)"
-                )
-        a = g.loc[g.regularizer == "loco", "test_error"].to_numpy(float) * scale
-        b = g.loc[g.regularizer == "l2", "test_error"].to_numpy(float) * scale
-        row = {"dataset": dataset, "network": network, "n_l2": len(b), "n_loco": len(a),
-               "l2_mean": b.mean() if len(b) else np.nan, "loco_mean": a.mean() if len(a) else np.nan,
-               "l2_std": b.std(ddof=1) if len(b) > 1 else np.nan,
-               "loco_std": a.std(ddof=1) if len(a) > 1 else np.nan}
-        row["difference"] = row["loco_mean"] - row["l2_mean"]
-        row["rel_difference"] = row["difference"] / row["l2_mean"] if row["l2_mean"] else np.nan
-        if len(a) > 1 and len(b) > 1 and (a.var(ddof=1) + b.var(ddof=1)) > 0:
-            res = stats.ttest_ind(a, b, equal_var=False)
-            one = stats.ttest_ind(a, b, equal_var=False, alternative="less")
-            ci = res.confidence_interval(confidence)
-            row.update(t=float(res.statistic), dof=float(res.df), p_two_sided=float(res.pvalue),
-                       p_one_sided=float(one.pvalue), ci_low=float(ci.low), ci_high=float(ci.high))
-        else:  # too few runs (or no spread at all): no test
-            row.update(t=np.nan, dof=np.nan, p_two_sided=np.nan, p_one_sided=np.nan,
-                       ci_low=np.nan, ci_high=np.nan)
-        row["stars"] = significance_stars(row["p_one_sided"])
-        out.append(row)
-    cols = ["dataset", "network", "n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std",
-            "difference", "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
-    return pd.DataFrame(out, columns=cols)

@@ -18,7 +18,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict"]
+from locolib.config import config_fields
+from locolib.kernels import stars
+
+__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict", "compare"]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
@@ -120,3 +123,38 @@ def paired_table(frame: pd.DataFrame, value: str = "test_error", scale: float = 
     if not out.empty:
         out["verdict"] = [verdict(r) for r in out.itertuples()]
     return out
+
+
+def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) -> pd.DataFrame:
+    """The paper's Table 5 statistics, unpaired: LOCO-REG against standard L2 per (dataset,
+    network) of a :func:`locolib.results.load_results` frame.
+
+    One row per cell: ``n_l2``, ``n_loco``, the means and sample standard deviations,
+    ``difference`` (loco - l2; negative: LOCO-REG is better) and ``rel_difference``, and Welch's
+    test (:func:`welch`: ``t``, ``dof``, ``p_two_sided``, ``p_one_sided``, ``ci_low``,
+    ``ci_high``) with the paper's ``stars`` from the one-sided p. Percent if ``percent``. Raises
+    ValueError if a protocol setting (:func:`locolib.config.config_fields` ``"protocol"``) varies
+    within a cell: filter first. For arms that share seeds, :func:`paired_table` is the test.
+    """
+    scale = 100.0 if percent else 1.0
+    out = []
+    for (dataset, network), g in df.groupby(["dataset", "network"], sort=True):
+        for col in config_fields("protocol"):
+            if col in g.columns and g[col].astype(str).nunique() > 1:
+                raise ValueError(
+                    f"{dataset}/{network}: runs differ in {col!r} ({sorted(g[col].astype(str).unique())}); "
+                    "compare only runs of one protocol (filter the DataFrame first)")
+        a = g.loc[g.regularizer == "loco", "test_error"].to_numpy(float) * scale
+        b = g.loc[g.regularizer == "l2", "test_error"].to_numpy(float) * scale
+        row = {"dataset": dataset, "network": network, "n_l2": len(b), "n_loco": len(a),
+               "l2_mean": b.mean() if len(b) else np.nan, "loco_mean": a.mean() if len(a) else np.nan,
+               "l2_std": b.std(ddof=1) if len(b) > 1 else np.nan,
+               "loco_std": a.std(ddof=1) if len(a) > 1 else np.nan}
+        row["difference"] = row["loco_mean"] - row["l2_mean"]
+        row["rel_difference"] = row["difference"] / row["l2_mean"] if row["l2_mean"] else np.nan
+        row.update(welch(a, b, confidence))
+        row["stars"] = stars(row["p_one_sided"])
+        out.append(row)
+    cols = ["dataset", "network", "n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std", "difference",
+            "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
+    return pd.DataFrame(out, columns=cols)

@@ -27,12 +27,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
 from locolib.data import DATASETS
 from locolib.models import NETWORKS
+from locolib.progress import progress_bar, tqdm
 from locolib.reg import REGULARIZER_REGISTRY
-from locolib.results import (compare, default_results_dir, finished_record, load_results,
-                             results_frame, significance_stars)
+from locolib.results import default_results_dir, finished_record, load_results, results_frame, significance_stars
+from locolib.stats import compare
 from locolib.train import RunLocked, result_path, run_status, train
 
 __all__ = [
@@ -225,7 +228,6 @@ def run_sweep(
     with one line per run (None: silent). A KeyboardInterrupt stops the sweep; the interrupted
     run resumes from its last checkpoint next time.
     """
-    from locolib.progress import progress_bar, tqdm
 
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     records: dict[int, dict] = {}
@@ -479,7 +481,6 @@ def _main(argv: Sequence[str] | None) -> int:
         print_status(configs, results, checkpoints)
         return 0
     if a.threads:
-        import torch
 
         torch.set_num_threads(a.threads)
     try:

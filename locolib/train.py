@@ -34,17 +34,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from locolib.config import (PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION,
-                             RunConfig)
+from locolib.config import PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION, RunConfig
 from locolib.data import augment_batch, load_dataset
 from locolib.io import atomic_write_bytes, write_json
 from locolib.models import build_model
 from locolib.progress import progress_bar
 from locolib.reg import build_regularizer, ring_distances, ring_index, spatial_convs
-from locolib.results import (RECORD_FORMAT, RunFileWarning, RunLock, RunLocked,
-                             default_results_dir, finished_record, provenance, set_aside)
+from locolib.results import (
+    RECORD_FORMAT,
+    RunFileWarning,
+    RunLock,
+    RunLocked,
+    default_results_dir,
+    finished_record,
+    provenance,
+    set_aside,
+)
 
 __all__ = [
     "RunConfig",

@@ -288,8 +288,8 @@ def toy_network(path: str | Path | None = None, seed: int = 0) -> Path:
     the centre), and a 1 x 3 layer; half the weights are initializers, half Constant nodes, as
     in the networks of :data:`NETWORKS`. The chapter's smoke profile uses it in their place.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # noqa: PLC0415 -- optional dependency (locolib[book])
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     rng = np.random.default_rng(seed)
 

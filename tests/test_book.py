@@ -52,7 +52,8 @@ def tiny_book(tmp_path: Path, page: str, notebook_code: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell("# N"),
-        nbformat.v4.new_code_cell('profile = "default"\nprofiles = {"smoke": {}, "default": {}}', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('profile = "default"\nprofiles = {"smoke": {}, "default": {}}',
+                                  metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(notebook_code),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

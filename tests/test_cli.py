@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from locolib.config import REGULARIZERS, config_fields, field_default
@@ -99,7 +99,7 @@ def _help_blocks(capsys) -> dict[str, str]:
 def test_help_shows_choices_and_defaults_of_every_option(capsys):
     blocks = _help_blocks(capsys)
     assert set(blocks) >= {f"--{n.replace('_', '-')}" for n in config_fields("cli")}
-    for option, text in blocks.items():
+    for text in blocks.values():
         text = re.sub(r"\s+", " ", text)
         assert "default" in text and "(default: None)" not in text, text
     for option, names in (("--datasets", DATASETS), ("--networks", NETWORKS),

@@ -2,9 +2,9 @@
 (scripts, conda, CI), and the GitHub workflow."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -23,7 +23,7 @@ def test_rings_3x3_and_5x5():
     assert [len(v) for v in r5.values()] == [1, 4, 4, 4, 8, 4]
     assert sum(len(v) for v in K.rings(7).values()) == 49
     assert K.squared_distances(7) == [0, 1, 2, 4, 5, 8, 9, 10, 13, 18]
-    for name, positions in r5.items():
+    for _name, positions in r5.items():
         d2 = {(i - 2) ** 2 + (j - 2) ** 2 for i, j in positions}
         assert len(d2) == 1
     assert K.ring_distances(5) == pytest.approx([0, 1, math.sqrt(2), 2, math.sqrt(5), math.sqrt(8)])

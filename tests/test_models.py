@@ -59,8 +59,8 @@ def test_resnet18_parameter_count():
 
     total = conv(3, 64) + bn(64)
     cin = 64
-    for i, c in enumerate([64, 128, 256, 512]):
-        for j in range(2):
+    for _i, c in enumerate([64, 128, 256, 512]):
+        for _j in range(2):
             total += conv(cin, c) + bn(c) + conv(c, c) + bn(c)
             if cin != c:  # projection shortcut (first block of stages 2-4)
                 total += conv(cin, c, 1) + bn(c)

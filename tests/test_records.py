@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import locolib.train as T
-from locolib.results import (RunFileWarning, RunLock, RunLocked, finished_record, load_results,
-                             read_record)
+from locolib.results import RunFileWarning, RunLock, RunLocked, finished_record, load_results, read_record
 from locolib.sweep import main, plan, run_sweep, sweep_status
 from locolib.train import checkpoint_path, result_path, train
 

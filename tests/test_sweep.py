@@ -16,8 +16,18 @@ from scipy import stats
 
 import locolib.train as T
 from locolib.results import RunLock
-from locolib.sweep import (compare, load_results, main, parse_seeds, parse_shard, plan,
-                           results_frame, run_sweep, shard, significance_stars)
+from locolib.sweep import (
+    compare,
+    load_results,
+    main,
+    parse_seeds,
+    parse_shard,
+    plan,
+    results_frame,
+    run_sweep,
+    shard,
+    significance_stars,
+)
 from locolib.train import RunConfig, result_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +187,7 @@ def test_two_processes_share_one_sweep(tmp_path):
     procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode in (0, 3), err
     trained = Counter(line.split()[1].rstrip(":") for out, _ in outs for line in out.splitlines()
                       if ": trained" in line)
