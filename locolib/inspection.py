@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,11 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
     ``model_dir`` (default ``<results_dir>/models``) keeps the final weights ``<key>.pt``. A run
     that is finished but whose weights were not kept (trained without ``model_dir``) is not
     redone in ``results_dir``: with ``retrain_missing`` it is retrained into a scratch folder
-    just to recover the weights, and the recovered run's final metrics must equal the stored
-    record's (training is deterministic; on CPU bitwise). Otherwise FileNotFoundError.
+    just to recover the weights (otherwise FileNotFoundError). Training is deterministic on one
+    machine (on the CPU bitwise), but another CPU or library build can round differently; if the
+    recovered run's final metrics differ from the stored record's, a warning says so and the
+    recovered run's own record is returned, so that the network and the record always belong
+    together.
     """
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     model_dir = Path(model_dir) if model_dir is not None else results_dir / "models"
@@ -176,11 +180,15 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
         with tempfile.TemporaryDirectory(prefix="locolib-recover-") as scratch:
             again = train(config, results_dir=scratch, device=device, progress=progress,
                           download=download, model_dir=model_dir)
-        for key in ("test_error", "train_loss"):
-            a, b = again["final"][key], record["final"][key]
-            if not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6):
-                raise RuntimeError(f"run {config.key}: retraining to recover its weights gave "
-                                   f"{key} {a} instead of the stored {b}")
+        differs = [f"{key} {again['final'][key]:.6g} (stored {record['final'][key]:.6g})"
+                   for key in ("test_error", "train_loss")
+                   if not math.isclose(again["final"][key], record["final"][key], rel_tol=1e-4,
+                                       abs_tol=1e-6)]
+        if differs:
+            warnings.warn(f"run {config.key}: retraining it here to recover its weights gave "
+                          f"{', '.join(differs)}: this machine rounds differently from the one "
+                          "that made the record; using the retrained run's record", stacklevel=2)
+            record = again
     return load_run_model(config, weights, device or "cpu"), record
 
 
@@ -276,9 +284,12 @@ def kernels_versus_records(configs: Sequence[Any], records: Sequence[Mapping[str
     pairs of consecutive rings) from the trained kernels and from the record's ``weight_stats``.
     Returns the largest difference in m and whether every star agrees."""
     largest, same_stars = 0.0, True
-    for config, rec in zip(configs, records, strict=True):
-        model, _ = trained_model(config, results_dir=results_dir, model_dir=model_dir,
-                                 download=download)
+    for config, stored in zip(configs, records, strict=True):
+        # the network with its own record (the stored one, or the retrained run's: see trained_model)
+        model, rec = trained_model(config, results_dir=results_dir, model_dir=model_dir,
+                                   download=download)
+        if rec["key"] != stored["key"]:
+            raise ValueError(f"records do not follow configs: {stored['key']} for {config.key}")
         for k in sorted({int(e["k"]) for e in rec["weight_stats"]}):
             pairs = list(zip(ring_names(k), ring_names(k)[1:]))
             from_kernels = table4_row(spatial_kernels(model, k), "run", pairs=pairs)
