@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from locolib import cluster
 from locolib.results import (compare, default_results_dir, load_results, results_frame,
                              significance_stars)
 from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the pass, wait for runs other processes are training")
     g.add_argument("--dry-run", action="store_true", help="print the plan and each run's status")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    cluster.add_options(p)
     return p
 
 
@@ -356,6 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        loco_params=loco_params, **common)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+    options = None
+    if a.dask is not None:
+        try:
+            options = cluster.options_from_args(a)
+        except ValueError as err:
+            parser.error(str(err))
     total = len(configs)
     if a.shard is not None:
         configs = shard(configs, *a.shard)
@@ -372,14 +380,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts[kind] = counts.get(kind, 0) + 1
         print("status: " + ", ".join(f"{counts.get(k, 0)} {k}"
                                      for k in ("done", "running", "partial", "todo")))
+        if options is not None:
+            print(cluster.describe(options, a.device))
         return 0
-    if a.threads:
-        import torch
+    if options is not None:
+        cluster.run_on_dask(configs, options, results_dir=results, device=a.device,
+                            threads=a.threads, log=None if a.quiet else print,
+                            checkpoint_dir=a.checkpoints, model_dir=a.models,
+                            stale_after=a.stale_after, download=not a.no_download)
+    else:
+        if a.threads:
+            import torch
 
-        torch.set_num_threads(a.threads)
-    run_sweep(configs, results_dir=results, checkpoint_dir=a.checkpoints, device=a.device,
-              progress=not a.quiet, download=not a.no_download, model_dir=a.models,
-              stale_after=a.stale_after, wait=a.wait)
+            torch.set_num_threads(a.threads)
+        run_sweep(configs, results_dir=results, checkpoint_dir=a.checkpoints, device=a.device,
+                  progress=not a.quiet, download=not a.no_download, model_dir=a.models,
+                  stale_after=a.stale_after, wait=a.wait)
     n_done = sum(result_path(c, results).is_file() for c in configs)
     print(f"finished: {n_done} of {len(configs)} runs have results"
           + ("" if n_done == len(configs) else "; the others are being trained elsewhere"))
