@@ -119,6 +119,9 @@ class RunConfig:
     compile: bool = config_field(False, "torch.compile the model", hashed=False)
     eval_every: int = config_field(1, "evaluate on the test set every this many epochs (and after the last)",
                          hashed=False)
+    checkpoint_every: float = config_field(
+        60.0, "seconds of training between checkpoints (taken at the end of an epoch; and after "
+        "the last)", hashed=False)
     data_root: str = config_field("data", "folder of downloaded datasets", hashed=False)
 
     def __post_init__(self) -> None:
@@ -136,10 +139,10 @@ class RunConfig:
             raise ValueError("seed and data_seed must be >= 0")
         if self.epochs < 1 or self.batch_size < 1 or self.pad < 0 or self.eval_every < 1:
             raise ValueError("epochs, batch_size and eval_every must be >= 1, pad >= 0")
-        for name in ("lam", "lr", "momentum", "lr_decay", "width"):
+        for name in ("lam", "lr", "momentum", "lr_decay", "width", "checkpoint_every"):
             set_(name, float(getattr(self, name)))
-        if not self.width > 0 or not self.lr > 0 or self.lam < 0:
-            raise ValueError("width and lr must be > 0, lam >= 0")
+        if not self.width > 0 or not self.lr > 0 or self.lam < 0 or self.checkpoint_every < 0:
+            raise ValueError("width and lr must be > 0, lam and checkpoint_every >= 0")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         for name in ("gamma", "eta"):

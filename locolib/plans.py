@@ -158,6 +158,9 @@ def _study(profile: str, dataset: str, protocol: Mapping[str, Any],
 
 
 _OFFLINE = dict(epochs=30, batch_size=64, lr=0.1, width=0.125, flip=False, pad=2, eval_every=10)
+#: The GPU profiles keep the paper's batch, augmentation and schedule (scaled to fewer epochs).
+_COLAB = dict(epochs=15, train_subset=15_000, eval_every=5)
+_GPU = dict(epochs=15, eval_every=5)
 
 #: The study of each profile (chapters 04-07 take theirs from here).
 STUDIES: dict[str, Study] = {
@@ -173,6 +176,17 @@ STUDIES: dict[str, Study] = {
     "default": _study("default", "mnist5k", _OFFLINE,
                       {"vgg13": {}, "mobilenet": {"width": 0.25}, "resnet18": {"width": 0.0625}},
                       {"vgg13": 20, "mobilenet": 16, "resnet18": 10}, {"vgg13": 12}, 8, 8, 10),
+    # Under an hour on Colab's free T4, CIFAR-10 (estimated: locolib.budget.profile_summary).
+    "colab": _study("colab", "cifar10", _COLAB,
+                    {"vgg13": {"width": 0.5}, "mobilenet": {"width": 0.5},
+                     "resnet18": {"width": 0.5}},
+                    {"vgg13": 10, "mobilenet": 10, "resnet18": 10}, {"vgg13": 10}, 5, 6, 6),
+    # A few GPU-hours on an H100-class GPU for the paper's three datasets and networks at full
+    # width (about an hour each; locolib.budget.profile_summary).
+    **{name: _study(name, dataset, _GPU, {"vgg13": {}, "mobilenet": {}, "resnet18": {}},
+                    {"vgg13": 10, "mobilenet": 10, "resnet18": 10}, {"vgg13": 10}, 5, 10, 10)
+       for name, dataset in (("gpu", "cifar10"), ("gpu_cifar100", "cifar100"),
+                             ("gpu_fashion_mnist", "fashion_mnist"))},
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from locolib import cluster
 from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
 from locolib.data import DATASETS
 from locolib.models import NETWORKS
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan and each run's status; change nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    cluster.add_options(p)
     return p
 
 
@@ -464,6 +466,12 @@ def _main(argv: Sequence[str] | None) -> int:
                        loco_params=loco_params, **common)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+    options = None
+    if a.dask is not None:
+        try:
+            options = cluster.options_from_args(a)
+        except ValueError as err:
+            parser.error(str(err))
     total = len(configs)
     if a.shard is not None:
         configs = shard(configs, *a.shard)
@@ -479,14 +487,21 @@ def _main(argv: Sequence[str] | None) -> int:
     print(f"plan: {len(configs)} runs{where}; results in {results}")
     if a.dry_run:
         print_status(configs, results, checkpoints)
+        if options is not None:
+            print(cluster.describe(options, a.device))
         return 0
-    if a.threads:
-
-        torch.set_num_threads(a.threads)
     try:
-        run_sweep(configs, results_dir=results, checkpoint_dir=checkpoints, device=a.device,
-                  progress=not a.quiet, download=not a.no_download, model_dir=a.models,
-                  stale_after=a.stale_after, wait=a.wait)
+        if options is not None:
+            cluster.run_on_dask(configs, options, results_dir=results, device=a.device,
+                                threads=a.threads, log=None if a.quiet else print,
+                                checkpoint_dir=checkpoints, model_dir=a.models,
+                                stale_after=a.stale_after, download=not a.no_download)
+        else:
+            if a.threads:
+                torch.set_num_threads(a.threads)
+            run_sweep(configs, results_dir=results, checkpoint_dir=checkpoints, device=a.device,
+                      progress=not a.quiet, download=not a.no_download, model_dir=a.models,
+                      stale_after=a.stale_after, wait=a.wait)
     except KeyboardInterrupt:
         print(f"\nlocolib-sweep: interrupted; {_finished(configs, results)} of {len(configs)} runs "
               "have results, locks are released. Run the same command again to resume (an "

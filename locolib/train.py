@@ -7,12 +7,17 @@ dense layers in both arms, biases and BatchNorm unregularized (:class:`locolib.r
 A run is a :class:`RunConfig`; :func:`train` runs it and writes a JSON record. Design points:
 
 * Fast path: the whole (uint8) dataset lives on the device; each batch is gathered, augmented
-  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last, under bf16
-  autocast on CUDA; optional ``torch.compile``.
-* Exact resume: a checkpoint is written atomically after every epoch. All randomness of an
-  epoch (shuffle order, augmentation, any use of torch's global RNG) comes from generators
-  seeded by ``(seed, epoch)``, so no RNG state has to be saved: a run interrupted anywhere and
-  restarted ends with the same weights and metrics as an uninterrupted one (bitwise on CPU).
+  (:func:`locolib.data.augment_batch`) and normalized there, in channels_last. On CUDA: autocast
+  in the precision the device computes fast (:func:`autocast_dtype`; fp16 with a gradient
+  scaler below compute capability 8.0), fused SGD, cuDNN autotuning; optional ``torch.compile``
+  with static shapes (:func:`compile_model`). The CPU path is none of these, so CPU records stay
+  bitwise comparable across versions of this module.
+* Exact resume: a checkpoint is written atomically at the end of an epoch once
+  ``config.checkpoint_every`` seconds have passed since the last one, and after the last epoch.
+  All randomness of an epoch (shuffle order, augmentation, any use of torch's global RNG) comes
+  from generators seeded by ``(seed, epoch)``, so no RNG state has to be saved: a run
+  interrupted anywhere and restarted ends with the same weights and metrics as an
+  uninterrupted one (bitwise on CPU).
 * A finished run (its result file exists) is never redone; a lock file (:class:`RunLock`) keeps
   two processes from training the same run at once.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,7 +46,7 @@ from locolib.data import augment_batch, load_dataset
 from locolib.io import atomic_write_bytes, write_json
 from locolib.models import build_model
 from locolib.progress import progress_bar
-from locolib.reg import build_regularizer, ring_distances, ring_index, spatial_convs
+from locolib.reg import Regularizer, build_regularizer, ring_distances, ring_index, spatial_convs
 from locolib.results import (
     RECORD_FORMAT,
     RunFileWarning,
@@ -63,6 +69,10 @@ __all__ = [
     "dose_matched_lam",
     "paper_dose",
     "choose_device",
+    "autocast_dtype",
+    "training_dtype",
+    "compile_model",
+    "TrainStep",
     "memory_format",
     "synchronize",
     "derive_seed",
@@ -142,6 +152,34 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """The autocast dtype for a CUDA device of compute ``capability`` (major, minor): bfloat16
+    from 8.0 on (Ampere and later), float16 below, where cuDNN has no bfloat16 convolutions
+    (Colab's T4 is 7.5). float16's narrow exponent range needs a gradient scaler
+    (:class:`TrainStep` adds one). Used by the GPU path of :func:`train` (book/running.md)."""
+    return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
+
+
+def training_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a run of ``config`` trains in on ``device``, or None (float32):
+    :func:`autocast_dtype` of a CUDA device if ``config.amp``, bfloat16 on the CPU if
+    ``config.amp_cpu``."""
+    if config.amp and device.type == "cuda":
+        return autocast_dtype(torch.cuda.get_device_capability(device))
+    if config.amp_cpu and device.type == "cpu":
+        return torch.bfloat16
+    return None
+
+
+def compile_model(model: torch.nn.Module,
+                  backend: str | Callable = "inductor") -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` with static shapes: one graph per input shape (full batches, the
+    partial last batch, each evaluation batch size), all built in the first epoch. With
+    dynamic shapes torch would replace the full-batch graph by a slower shape-generic one as
+    soon as the partial batch arrives. ``backend``: torch.compile's (tests count graphs)."""
+    return torch.compile(model, backend=backend, dynamic=False)
 
 
 _STREAMS = {"init": 0, "shuffle": 1, "augment": 2, "torch": 3, "subset": 4}
@@ -303,14 +341,11 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
 # Training
 # --------------------------------------------------------------------------------------------
 Hook = Callable[[str, int, int], None]
-
-
-def _autocast(config: RunConfig, device: torch.device):
-    if config.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if config.amp_cpu and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+#: Clock of every timing in a record; a test replaces it to schedule checkpoints.
+_clock = time.perf_counter
+#: Building a model draws its initial weights from torch's global RNG; concurrent runs in
+#: threads of one process (Dask workers sharing a GPU) take turns so that each gets its seed's.
+_INIT_LOCK = threading.Lock()
 
 
 def synchronize(device: torch.device) -> None:
@@ -319,6 +354,57 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+class TrainStep:
+    """One optimizer step as :func:`train` takes it; the benchmarks time the same object
+    (benchmarks/bench_reg.py, benchmarks/gpu_check.py).
+
+    Forward under autocast in ``dtype`` (None: float32), cross-entropy in float32, backward,
+    the regularizer's decay gradient (:class:`locolib.reg.LocoDecay`; None: unregularized), SGD
+    with momentum: fused on CUDA, torch's default on other devices (the CPU records were made
+    with it). float16 scales the loss (:class:`torch.amp.GradScaler`) and unscales the gradients
+    before the decay is added, so the decay sees true gradients and weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: Regularizer | None, device: torch.device, lr: float,
+                 momentum: float, dtype: torch.dtype | None = None, compile: bool = False) -> None:
+        self.model, self.decay, self.device, self.dtype = model, decay, device, dtype
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=0.0,
+                                   fused=True if device.type == "cuda" else None)
+        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        self.forward = compile_model(model) if compile else model
+
+    def autocast(self):
+        """The autocast context of the forward pass (nothing in float32)."""
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on batch ``(x, y)``; returns the loss and the logits (not detached)."""
+        with self.autocast():
+            logits = self.forward(x)
+        loss = self.loss(logits, y)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self._decay()  # L2 / LOCO-REG gradient, TensorFlow strength 2 * lam * mask * w
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            self._decay()
+            self.scaler.step(self.opt)  # skipped when a gradient overflowed
+            self.scaler.update()
+        return loss, logits
+
+    def _decay(self) -> None:
+        if self.decay is not None:
+            self.decay.apply_()
 
 
 class _Run:
@@ -343,7 +429,8 @@ class _Run:
         self.y_test = data.y_test.to(device)
 
         kwargs = {} if config.init == "torch" else {"init": config.init}
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        # Seeded init without touching the caller's RNG.
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             model = build_model(config.network, data.num_classes, in_channels=data.in_channels,
                                 width=config.width, kernel_size=config.kernel_size, **kwargs)
@@ -351,9 +438,24 @@ class _Run:
         self.model = model.to(device=device, memory_format=self.memory_format)
         self.x_test = self._normalize(data.x_test.to(device))
         self.decay = build_regularizer(self.model, config)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr,
-                                   momentum=config.momentum, weight_decay=0.0)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.step = TrainStep(self.model, self.decay, device, config.lr, config.momentum,
+                              training_dtype(config, device), config.compile)
+        self.opt = self.step.opt
+        self.compile_s = 0.0  # first calls per input shape, when compiling
+        self._shapes: set[tuple] = set()
+
+    def _call(self, kind: str, fn: Callable, x: torch.Tensor, *args):
+        """``fn(x, *args)``; when compiling, the first call per (kind, batch size) builds a graph
+        and is timed into :attr:`compile_s`."""
+        if not self.config.compile or (kind, len(x)) in self._shapes:
+            return fn(x, *args)
+        self._shapes.add((kind, len(x)))
+        synchronize(self.device)
+        t = _clock()
+        out = fn(x, *args)
+        synchronize(self.device)
+        self.compile_s += _clock() - t
+        return out
 
     def _normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = (x_uint8.float().div_(255.0) - self.mean) / self.std
@@ -377,13 +479,7 @@ class _Run:
             idx = perm[start:start + cfg.batch_size]
             xb = _augment(self.x_train[idx], aug_gen, cfg.flip, cfg.pad)
             xb, yb = self._normalize(xb), self.y_train[idx]
-            with _autocast(cfg, dev):
-                logits = self.forward(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.decay.apply_()  # L2 / LOCO-REG gradient, TensorFlow strength 2 * lam * mask * w
-            self.opt.step()
+            loss, logits = self._call("train", self.step, xb, yb)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
             if bar is not None:
@@ -407,8 +503,8 @@ class _Run:
             xb, yb = x_all[start:start + batch_size], y_all[start:start + batch_size]
             if xb.dtype == torch.uint8:
                 xb = self._normalize(xb)
-            with _autocast(self.config, dev):
-                logits = self.forward(xb).float()
+            with self.step.autocast():
+                logits = self._call("eval", self.step.forward, xb).float()
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
             correct += (logits.argmax(1) == yb).sum()
         acc = int(correct) / n
@@ -439,14 +535,16 @@ def train(
       file holds the run's record it is returned at once, without training; a file there that
       is not (:func:`locolib.results.read_record`) is set aside with a warning and the run
       trained.
-    * ``checkpoint_dir``: per-epoch checkpoints ``<key>.pt`` and lock files ``<key>.lock``
-      (default ``<results_dir>/checkpoints``, git-ignored). Processes sharing a results folder
-      must share this folder too. The checkpoint is deleted once the record is written.
+    * ``checkpoint_dir``: checkpoints ``<key>.pt`` (every ``config.checkpoint_every`` seconds,
+      at the end of an epoch, and after the last epoch) and lock files ``<key>.lock`` (default
+      ``<results_dir>/checkpoints``, git-ignored). Processes sharing a results folder must share
+      this folder too. The checkpoint is deleted once the record is written.
     * ``device``: default :func:`choose_device` (CUDA, else MPS, else CPU).
     * ``progress``: a tqdm bar over epochs; ``"batches"`` adds one over the batches of an epoch.
     * ``download``: let torchvision download a missing dataset.
-    * ``hook(event, epoch, step)``: called after every optimizer step (``"batch"``) and after
-      every checkpoint (``"checkpoint"``, step = -1); for tests and custom logging.
+    * ``hook(event, epoch, step)``: called after every optimizer step (``"batch"``), after
+      every epoch (``"epoch"``, step = -1) and after every checkpoint (``"checkpoint"``,
+      step = -1); for tests, progress reports and custom logging.
     * ``model_dir``: if given, the final weights are also saved there as ``<key>.pt``.
     * ``stale_after``: seconds without heartbeat after which another process's lock is taken
       over (see :class:`locolib.results.RunLock`).
@@ -460,11 +558,15 @@ def train(
     The record (JSON): ``format``, ``key``, ``config``, ``history`` (per epoch: epoch, lr,
     train_loss, train_acc, test_loss, test_acc, test_error, penalty (the regularization term
     lam * sum(mask * w**2) at the epoch's end), train_s, eval_s, epoch_s, images_per_s),
-    ``final`` (the last epoch's metrics), ``timing`` (total_s, train_s, eval_s,
-    per_epoch_s, images_per_s, segments = number of processes that worked on the run),
-    ``n_train``, ``n_test``, ``num_params``, ``milestones``, ``weight_stats``
-    (:func:`weight_stats`), plus provenance: ``versions``, ``device``, ``host``, ``git``,
-    ``date`` (:func:`locolib.results.provenance`).
+    ``final`` (the last epoch's metrics), ``timing`` (total_s = train_s + eval_s, the
+    epochs' training and evaluation; per_epoch_s; images_per_s of training alone; wall_s, the
+    whole run's wall time with setup, final evaluation and checkpoint writes (an interrupted
+    segment counts up to its last checkpoint), and images_per_wall_s; checkpoint_s, the
+    checkpoint writes; compile_s, the calls that built compiled graphs (part of train_s and
+    eval_s); segments = number of processes that worked on the run), ``precision`` (autocast
+    dtype, gradient scaler, fused SGD, the CUDA compute capability), ``n_train``, ``n_test``,
+    ``num_params``, ``milestones``, ``weight_stats`` (:func:`weight_stats`), plus provenance:
+    ``versions``, ``device``, ``host``, ``git``, ``date`` (:func:`locolib.results.provenance`).
     """
     results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
     rpath = result_path(config, results_dir)
@@ -486,10 +588,12 @@ def train(
 def _train_locked(config, rpath, ckpath, device, progress, download, hook, model_dir, lock) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick fast kernels
-    t_setup = time.perf_counter()
+    t_start = _clock()
     run = _Run(config, device, download)
     history: list[dict] = []
-    start_epoch, elapsed, segments = 0, 0.0, 1
+    start_epoch, segments = 0, 1
+    # Seconds spent in earlier segments (wall_s: up to their last checkpoint).
+    spent = {"wall_s": 0.0, "checkpoint_s": 0.0, "compile_s": 0.0}
     state = _load_checkpoint(ckpath, config, move_invalid=True)
     if state is not None:
         mismatch = _state_mismatch(run.model, state["model"])
@@ -503,14 +607,26 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
             state = None
     if state is not None:
         run.model.load_state_dict(state["model"])
+        if run.step.scaler is not None and "scaler" in state:
+            run.step.scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], list(state["history"])
-        elapsed, segments = float(state["elapsed_s"]), int(state["segments"]) + 1
-    setup_s = time.perf_counter() - t_setup
+        segments = int(state["segments"]) + 1
+        # Checkpoints of earlier versions carry only the epochs' time ("elapsed_s").
+        spent.update(state.get("spent", {"wall_s": float(state.get("elapsed_s", 0.0))}))
+    setup_s = _clock() - t_start
+    checkpoint_s = 0.0  # this segment's
+    last_checkpoint = _clock()
 
     steps = math.ceil(len(run.y_train) / config.batch_size)
     bar = progress_bar(config.epochs, config.key, bool(progress), initial=start_epoch, unit="epoch")
     if start_epoch:
         bar.write(f"{config.key}: resuming after epoch {start_epoch}")
+
+    def so_far() -> dict[str, float]:
+        return {"wall_s": spent["wall_s"] + _clock() - t_start,
+                "checkpoint_s": spent["checkpoint_s"] + checkpoint_s,
+                "compile_s": spent["compile_s"] + run.compile_s}
+
     try:
         for epoch in range(start_epoch, config.epochs):
             inner = (progress_bar(steps, f"epoch {epoch + 1}", leave=False)
@@ -520,32 +636,39 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
             with _fork_rng(device):
                 torch.manual_seed(derive_seed(config.seed, "torch", epoch))
                 synchronize(device)
-                t0 = time.perf_counter()
+                t0 = _clock()
                 metrics = run.train_epoch(epoch, hook, lock, inner)
                 synchronize(device)
-                t1 = time.perf_counter()
+                t1 = _clock()
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                     metrics.update(run.evaluate())
                 metrics["penalty"] = float(run.decay.penalty().detach())
                 synchronize(device)
-                t2 = time.perf_counter()
+                t2 = _clock()
             if inner is not None:
                 inner.close()
             metrics.update(epoch=epoch + 1, train_s=t1 - t0, eval_s=t2 - t1, epoch_s=t2 - t0,
                            images_per_s=len(run.y_train) / max(t1 - t0, 1e-9))
             history.append(metrics)
-            elapsed += t2 - t0
-            _save_checkpoint(ckpath, config, run, epoch + 1, history, elapsed, segments)
+            if hook is not None:
+                hook("epoch", epoch, -1)
+            if epoch + 1 == config.epochs or t2 - last_checkpoint >= config.checkpoint_every:
+                _save_checkpoint(ckpath, config, run, epoch + 1, history, so_far(), segments)
+                last_checkpoint = _clock()
+                checkpoint_s += last_checkpoint - t2
+                if hook is not None:
+                    hook("checkpoint", epoch, -1)
             lock.heartbeat(force=True)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", train_acc=f"{metrics['train_acc']:.3f}",
                             lr=f"{metrics['lr']:.3g}")
             bar.update(1)
-            if hook is not None:
-                hook("checkpoint", epoch, -1)
     finally:
         bar.close()
 
-    record = _record(config, run, history, elapsed, setup_s, segments, device)
+    record = _record(config, run, history, setup_s, segments, device)
+    record["timing"].update(so_far())
+    record["timing"]["images_per_wall_s"] = (
+        len(run.y_train) * len(history) / max(record["timing"]["wall_s"], 1e-9))
     if model_dir is not None:
         buf = io.BytesIO()
         torch.save({k: v.cpu() for k, v in run.model.state_dict().items()}, buf)
@@ -567,30 +690,35 @@ def _state_mismatch(model: torch.nn.Module, state: dict) -> str | None:
 
 
 def _save_checkpoint(path: Path, config: RunConfig, run: _Run, epoch: int, history: list,
-                     elapsed: float, segments: int) -> None:
-    buf = io.BytesIO()
-    torch.save({
+                     spent: dict[str, float], segments: int) -> None:
+    state = {
         "key": config.key,
         "config": config.to_dict(),
         "epoch": epoch,  # number of finished epochs
         "model": run.model.state_dict(),
         "optimizer": run.opt.state_dict(),
         "history": history,
-        "elapsed_s": elapsed,
+        "spent": spent,  # without this write itself
         "segments": segments,
-    }, buf)
+    }
+    if run.step.scaler is not None:
+        state["scaler"] = run.step.scaler.state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _record(config: RunConfig, run: _Run, history: list, elapsed: float, setup_s: float,
-            segments: int, device: torch.device) -> dict:
+def _record(config: RunConfig, run: _Run, history: list, setup_s: float, segments: int,
+            device: torch.device) -> dict:
     train_s = sum(h["train_s"] for h in history)
     eval_s = sum(h["eval_s"] for h in history)
+    elapsed = sum(h["epoch_s"] for h in history)
     final = {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc",
                                           "test_error")}
     # The running train_acc above is measured on augmented batches while the weights change;
     # this is the final network's accuracy on the training images themselves.
     final.update({f"clean_{k}": v for k, v in run.evaluate(split="train").items()})
+    dtype = run.step.dtype
     rec = {
         "format": RECORD_FORMAT,
         "training_version": TRAINING_VERSION,
@@ -613,6 +741,13 @@ def _record(config: RunConfig, run: _Run, history: list, elapsed: float, setup_s
         "num_params": sum(p.numel() for p in run.model.parameters()),
         "memory_format": str(run.memory_format).removeprefix("torch."),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "precision": {
+            "autocast": None if dtype is None else str(dtype).removeprefix("torch."),
+            "grad_scaler": run.step.scaler is not None,
+            "fused_sgd": bool(run.opt.defaults.get("fused")),
+            "compute_capability": (list(torch.cuda.get_device_capability(device))
+                                   if device.type == "cuda" else None),
+        },
         "milestones": list(milestone_epochs(config.epochs, config.milestones)),
         "weight_stats": weight_stats(run.model),
     }

@@ -116,7 +116,7 @@ def test_dry_run_lists_plan_and_status(tmp_path, capsys):
             "--seeds", "0-1", "--gamma", "0.8", "--eta", "1.25", "--epochs", "2",
             "--width", "0.125", "--train-subset", "64", "--batch-size", "32", "--results", str(res)]
     configs = plan(["digits"], ["vgg13"], ["l2", "loco"], [0, 1], gamma=0.8, eta=1.25, epochs=2,
-                   width=0.125, train_subset=64, batch_size=32)
+                   width=0.125, train_subset=64, batch_size=32, checkpoint_every=0)
     T.train(configs[0], results_dir=res, progress=False)  # done
 
     def stop(event, epoch, step):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -20,9 +22,10 @@ from locolib.config import config_field
 from locolib.results import RunLock, RunLocked, default_results_dir
 from locolib.train import RunConfig, checkpoint_path, lr_at, milestone_epochs, result_path, train
 
-# Tiny runs: digits, 1/8-width VGG13, 192 training images in batches of 64 -> 3 steps per epoch.
+# Tiny runs: digits, 1/8-width VGG13, 192 training images in batches of 64 -> 3 steps per epoch,
+# a checkpoint after every epoch.
 TINY = dict(dataset="digits", network="vgg13", width=0.125, train_subset=192, batch_size=64,
-            epochs=3)
+            epochs=3, checkpoint_every=0)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -233,7 +236,7 @@ def test_finished_run_is_not_redone(dirs, monkeypatch):
     calls = []
     first = train(cfg, results_dir=results, checkpoint_dir=ck, progress=False,
                   hook=lambda *a: calls.append(a))
-    assert len(calls) == 3 + 1  # 3 steps, 1 checkpoint
+    assert len(calls) == 3 + 1 + 1  # 3 steps, 1 epoch, 1 checkpoint
 
     def boom(*a, **k):
         raise AssertionError("a finished run was set up for training again")
@@ -393,3 +396,208 @@ def test_a_registered_regularizer_is_one_entry(monkeypatch, tmp_path):
     assert l2["history"][0]["penalty"] > 0
     with pytest.raises(ValueError, match="unknown regularizer 'l1'.*register one"):
         RunConfig("digits", "vgg13", "l1", 0)
+
+
+# --- the GPU path's settings, checked on the CPU ----------------------------------------------
+
+
+@pytest.mark.parametrize("capability, dtype", [
+    ((7, 5), torch.float16),   # T4 (Colab)
+    ((7, 0), torch.float16),   # V100
+    ((6, 1), torch.float16),   # GTX 1080
+    ((8, 0), torch.bfloat16),  # A100
+    ((8, 9), torch.bfloat16),  # L4, RTX 4090
+    ((9, 0), torch.bfloat16),  # H100, H200
+])
+def test_autocast_dtype_follows_the_compute_capability(capability, dtype, monkeypatch):
+    assert T.autocast_dtype(capability) == dtype
+    monkeypatch.setattr(T.torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda", 0)
+    cfg = RunConfig(regularizer="l2", seed=0, **TINY)
+    assert T.training_dtype(cfg, cuda) == dtype
+    assert T.training_dtype(cfg.replace(amp=False), cuda) is None
+    assert T.training_dtype(cfg, torch.device("cpu")) is None
+    assert T.training_dtype(cfg.replace(amp_cpu=True), torch.device("cpu")) == torch.bfloat16
+
+
+def test_the_cpu_step_is_the_plain_one():
+    """On the CPU: no autocast, no scaler, torch's default (unfused) SGD, no compile."""
+    cfg = RunConfig(regularizer="l2", seed=0, **TINY)
+    run = T._Run(cfg, torch.device("cpu"), download=False)
+    assert run.step.dtype is None and run.step.scaler is None
+    assert run.opt.defaults["fused"] is None and run.step.forward is run.model
+
+
+def _float16_on_the_cpu(monkeypatch):
+    """Train as on a GPU below compute capability 8.0 (float16 with a gradient scaler), but
+    compute in float32: the CPU's float16 convolutions are too slow for a test."""
+    monkeypatch.setattr(T, "training_dtype", lambda config, device: torch.float16)
+    monkeypatch.setattr(T.TrainStep, "autocast", lambda self: T.nullcontext())
+
+
+def test_the_gradient_scaler_path_trains_records_and_resumes_exactly(tmp_path, monkeypatch):
+    cfg = RunConfig(**TINY, regularizer="loco", seed=5, gamma=0.6, eta=1.5)
+    plain = train(cfg, results_dir=tmp_path / "P", progress=False, model_dir=tmp_path / "P" / "m")
+    _float16_on_the_cpu(monkeypatch)
+    a = train(cfg, results_dir=tmp_path / "A", progress=False, model_dir=tmp_path / "A" / "m")
+    assert a["precision"] == {"autocast": "float16", "grad_scaler": True, "fused_sgd": False,
+                              "compute_capability": None}
+    assert plain["precision"]["autocast"] is None and not plain["precision"]["grad_scaler"]
+    # The decay is added to unscaled gradients: the scaled run trains like the plain one (not
+    # bitwise: the scaled gradients round and flush denormals differently).
+    wp, wa = _weights(tmp_path / "P" / "m" / f"{cfg.key}.pt"), _weights(tmp_path / "A" / "m" / f"{cfg.key}.pt")
+    for k in wp:
+        assert torch.allclose(wp[k].float(), wa[k].float(), rtol=1e-3, atol=1e-5), k
+
+    res, ck = tmp_path / "B", tmp_path / "B" / "ck"
+    _run_interrupted(cfg, res, ck, ("batch", 2, 0))
+    assert "scaler" in torch.load(checkpoint_path(cfg, ck), weights_only=True)
+    b = train(cfg, results_dir=res, checkpoint_dir=ck, progress=False, model_dir=res / "m")
+    assert b["timing"]["segments"] == 2 and _metrics(a) == _metrics(b)
+    _assert_bitwise(wa, _weights(res / "m" / f"{cfg.key}.pt"))
+
+
+class _FakeClock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_checkpoints_follow_elapsed_time_and_resume_exactly(tmp_path, monkeypatch):
+    """checkpoint_every = 50 s with 30 s per epoch: checkpoints after epochs 2 and 4, and after
+    the last (5); a run interrupted in epoch 4 resumes from epoch 2 and ends bitwise equal."""
+    clock = _FakeClock()
+    monkeypatch.setattr(T, "_clock", clock)
+    cfg = RunConfig(**{**TINY, "epochs": 5, "checkpoint_every": 50}, regularizer="l2", seed=1)
+    written = []
+
+    def hook(event, epoch, step):
+        if event == "batch":
+            clock.now += 10.0  # three steps: 30 s per epoch
+        elif event == "checkpoint":
+            written.append(epoch + 1)
+
+    a = train(cfg, results_dir=tmp_path / "A", progress=False, hook=hook,
+              model_dir=tmp_path / "A" / "m")
+    assert written == [2, 4, 5]
+    t = a["timing"]
+    assert t["train_s"] == t["wall_s"] == 150.0 and t["checkpoint_s"] == 0.0
+
+    res, ck = tmp_path / "B", tmp_path / "B" / "ck"
+    written.clear()
+
+    def stop_in_epoch_4(event, epoch, step):
+        hook(event, epoch, step)
+        if (event, epoch, step) == ("batch", 3, 1):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, results_dir=res, checkpoint_dir=ck, progress=False, hook=stop_in_epoch_4)
+    assert written == [2] and torch.load(checkpoint_path(cfg, ck), weights_only=True)["epoch"] == 2
+    b = train(cfg, results_dir=res, checkpoint_dir=ck, progress=False, hook=hook, model_dir=res / "m")
+    assert b["timing"]["segments"] == 2 and _metrics(a) == _metrics(b)
+    # The second segment's 90 s, on top of the first's 60 s up to its last checkpoint.
+    assert b["timing"]["wall_s"] == 150.0
+    _assert_bitwise(_weights(tmp_path / "A" / "m" / f"{cfg.key}.pt"), _weights(res / "m" / f"{cfg.key}.pt"))
+
+
+def test_the_record_times_evaluation_and_checkpoints_apart(dirs):
+    results, ck = dirs
+    rec = train(RunConfig(regularizer="l2", seed=0, **TINY), results_dir=results,
+                checkpoint_dir=ck, progress=False)
+    t = rec["timing"]
+    assert t["checkpoint_s"] > 0 and t["eval_s"] > 0 and t["compile_s"] == 0
+    assert t["total_s"] == pytest.approx(t["train_s"] + t["eval_s"])
+    assert t["wall_s"] > t["total_s"] + t["checkpoint_s"]
+    assert t["images_per_wall_s"] == pytest.approx(192 * 3 / t["wall_s"])
+    assert t["images_per_wall_s"] < t["images_per_s"]
+
+
+def test_compiled_training_builds_static_graphs_in_the_first_epoch_only(tmp_path, monkeypatch):
+    """200 images in batches of 64: three full batches and a partial one of 8. The graphs of
+    training (64 and 8) and of the test-set evaluation are built in epoch 1, none in epochs 2
+    and 3 (after them, the evaluation on the 200 training images builds one for its batch
+    size); none has a symbolic shape, and the metrics are those of the uncompiled run."""
+    graphs: list[tuple[int, bool]] = []  # (epochs finished when built, has a symbolic size)
+    done = [0]
+
+    def backend(gm, example_inputs):
+        graphs.append((done[0], any(isinstance(a, (int, torch.SymInt)) for a in example_inputs)))
+        return gm.forward
+
+    real = T.compile_model
+    monkeypatch.setattr(T, "compile_model", lambda model: real(model, backend=backend))
+    cfg = RunConfig(**{**TINY, "train_subset": 200, "epochs": 3}, regularizer="l2", seed=0)
+
+    def hook(event, epoch, step):
+        if event == "epoch":
+            done[0] = epoch + 1
+
+    torch._dynamo.reset()
+    try:
+        compiled = train(cfg.replace(compile=True), results_dir=tmp_path / "C", progress=False,
+                         hook=hook)
+    finally:
+        torch._dynamo.reset()
+    plain = train(cfg, results_dir=tmp_path / "P", progress=False)
+    built = [epoch for epoch, _ in graphs]
+    assert built.count(0) >= 3 and built[-1] == 3 and built.count(3) == 1, graphs
+    assert not [e for e in built if 0 < e < 3], "a graph was built after the first epoch"
+    assert not any(symbolic for _, symbolic in graphs), "a graph with dynamic shapes"
+    assert compiled["timing"]["compile_s"] > 0
+    for a, b in zip(_metrics(compiled), _metrics(plain), strict=True):
+        assert a == pytest.approx(b)
+
+
+#: The last commit before the GPU path: CPU training must still give its numbers (records of
+#: running sweeps were made with it). Moves only when TRAINING_VERSION is raised on purpose.
+CPU_BASELINE = ("356b10f", 2)
+_BASELINE_RUNS = [
+    # channels_last, a partial last batch (200 = 3 x 64 + 8), evaluation every other epoch
+    dict(dataset="digits", network="vgg13", regularizer="loco", seed=3, gamma=0.6, eta=1.5,
+         width=0.125, train_subset=200, batch_size=64, epochs=3, eval_every=2),
+    # the contiguous format (ResNet18 on the CPU)
+    dict(dataset="digits", network="resnet18", regularizer="l2", seed=1, width=0.0625,
+         train_subset=200, batch_size=64, epochs=2),
+]
+_TRAIN_BASELINE = """
+import json, sys
+import torch
+from locolib.train import RunConfig, train
+torch.set_num_threads(1)
+out = sys.argv[1]
+for d in json.loads(sys.argv[2]):
+    train(RunConfig(**d), results_dir=out, progress=False, device="cpu", model_dir=out)
+"""
+
+
+def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path):
+    commit, version = CPU_BASELINE
+    if config.TRAINING_VERSION != version:
+        pytest.skip(f"TRAINING_VERSION is {config.TRAINING_VERSION}, not {version}: training "
+                    "changed on purpose; move CPU_BASELINE")
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit, "locolib"],
+                             capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"commit {commit} is not in this checkout's history")
+    old = tmp_path / "old"
+    old.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(old, filter="data")
+    env = {**os.environ, "PYTHONPATH": str(old), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", _TRAIN_BASELINE, str(tmp_path / "before"),
+                    json.dumps(_BASELINE_RUNS)], env=env, check=True, cwd=tmp_path)
+    for d in _BASELINE_RUNS:
+        cfg = RunConfig(**d)
+        now = train(cfg, results_dir=tmp_path / "now", progress=False, device="cpu",
+                    model_dir=tmp_path / "now")
+        before = json.loads(result_path(cfg, tmp_path / "before").read_text())
+        assert _metrics(now) == _metrics(before) and now["final"] == before["final"]
+        assert now["weight_stats"] == before["weight_stats"]
+        _assert_bitwise(_weights(tmp_path / "now" / f"{cfg.key}.pt"),
+                        _weights(tmp_path / "before" / f"{cfg.key}.pt"))

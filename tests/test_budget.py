@@ -1,0 +1,73 @@
+"""Cost and decision power of the GPU profiles (locolib.budget, locolib.plans)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from locolib import budget
+from locolib.plans import STUDIES, study
+
+
+def test_detectable_effect_is_the_paired_t_formula_and_has_its_power():
+    n, sd = 10, 1.0
+    expect = (stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * sd / math.sqrt(n)
+    assert budget.detectable_effect(sd, n) == pytest.approx(expect)
+    assert budget.detectable_effect(2 * sd, 4 * n) < budget.detectable_effect(sd, n) * 1.1
+    assert budget.detectable_effect(sd, 1) == math.inf
+    # Simulated paired experiments with that true difference: the t test rejects ~80% of them.
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(expect, sd, size=(4000, n))
+    p = stats.ttest_1samp(diffs, 0.0, axis=1).pvalue
+    assert 0.76 < np.mean(p < 0.05) < 0.84
+
+
+@pytest.mark.parametrize("profile", ["colab", "gpu", "gpu_cifar100", "gpu_fashion_mnist"])
+def test_gpu_profiles_train_the_papers_cells(profile):
+    s = study(profile)
+    assert s.dataset in ("cifar10", "cifar100", "fashion_mnist")
+    assert {a.network for a in s.arms} == {"vgg13", "mobilenet", "resnet18"}
+    table5 = [a for a in s.arms if a.purpose == "Table 5"]
+    assert {(a.network, a.regularizer) for a in table5} == {
+        (n, r) for n in ("vgg13", "mobilenet", "resnet18") for r in ("l2", "loco")}
+    runs = budget.study_runs(s)
+    assert len(runs) == (sum(len(a.seeds) for a in s.arms) + len(s.parameter_arm.seeds)
+                         + len(s.cs) * len(s.table6_seeds))
+    assert all(c.batch_size == 128 and c.flip and c.pad == 4 for c in runs), "the paper's protocol"
+
+
+def test_colab_fits_an_hour_on_a_t4_and_gpu_a_few_gpu_hours():
+    colab = budget.profile_summary("colab")
+    assert colab["device"].startswith("NVIDIA T4") and 0.3 < colab["hours"] < 0.75
+    gpu = [budget.profile_summary(p) for p in ("gpu", "gpu_cifar100", "gpu_fashion_mnist")]
+    assert 2 < sum(g["hours"] for g in gpu) < 6
+    # What each can decide: 10 pairs per Table 5 cell; the GPU runs resolve finer differences.
+    assert colab["detectable_effect_pp"]["loco/vgg13"] == pytest.approx(
+        budget.detectable_effect(budget.CAPACITY["colab"].sd_diff, 10))
+    assert gpu[0]["detectable_effect_pp"]["loco/vgg13"] < colab["detectable_effect_pp"]["loco/vgg13"]
+    assert set(budget.CAPACITY) <= set(STUDIES)
+
+
+def test_run_seconds_counts_steps_evaluations_and_flops():
+    cfg = study("gpu").arm("l2/resnet18").configs("cifar10", study("gpu").protocol)[0]
+    train_f, eval_f = budget.flops_per_image("resnet18", 1.0, 3, 10)
+    assert 3.0e9 < train_f < 3.6e9 and 2.5 < train_f / eval_f < 3.5  # backward: twice the forward
+    fast = budget.Device("x", 1e15, 0.0, "")
+    flops = 15 * 50_000 * train_f + (3 * 10_000 + 50_000) * eval_f  # 3 test evaluations
+    assert budget.run_seconds(cfg, fast) == pytest.approx(flops / 1e15)
+    steps = 15 * math.ceil(50_000 / 128) + 3 * 10 + 50
+    assert budget.run_seconds(cfg, budget.Device("y", math.inf, 1.0, "")) == steps
+
+
+def test_paired_sd_from_records():
+    s = study("smoke")
+    l2 = s.arm("l2/vgg13").configs(s.dataset, s.protocol)
+    loco = s.arm("loco/vgg13").configs(s.dataset, s.protocol)
+    errors = {c.key: e for c, e in zip(l2 + loco, [0.10, 0.20, 0.13, 0.21])}
+    records = [{"key": k, "final": {"test_error": e}} for k, e in errors.items()]
+    sd, n = budget.paired_sd(s, "loco/vgg13", records)
+    assert n == 2 and sd == pytest.approx(np.std([3.0, 1.0], ddof=1))
+    assert budget.paired_sd(s, "loco/vgg13", records[:3])[1] == 1
