@@ -84,13 +84,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dask", metavar="ADDRESS", default=None,
                    help="run each training run as a Dask task: local (a cluster on this machine, "
                         "127.0.0.1), tcp://host:8786 (a running scheduler) or slurm (workers as "
-                        "SLURM jobs)")
+                        "SLURM jobs) (default: none, train in this process)")
     g.add_argument("--dask-workers", type=int, default=None,
                    help="local: worker processes (default: one per core, or runs-per-gpu per "
                         "GPU); slurm: jobs (default 1)")
     g.add_argument("--runs-per-gpu", type=int, default=1,
                    help="runs sharing one GPU: each declares 1/this of a GPU resource")
-    g.add_argument("--slurm-partition", default=None, help="SLURM partition of the worker jobs")
+    g.add_argument("--slurm-partition", default=None,
+                   help="SLURM partition of the worker jobs (default: the cluster's default)")
     g.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per SLURM job (0: CPU jobs)")
     g.add_argument("--slurm-cores", type=int, default=4, help="CPU cores per SLURM job")
     g.add_argument("--slurm-memory", default="32GB", help="memory per SLURM job")

@@ -339,7 +339,7 @@ def _option_type(name: str):
     if name == "train_subset" or isinstance(default, int):
         return _arg(_positive_int if name not in ("pad", "data_seed") else _nonnegative_int, name)
     if isinstance(default, float):
-        return _arg(_positive_float if name not in ("lam",) else _nonnegative_float, name)
+        return _arg(_positive_float if name not in ("lam", "checkpoint_every") else _nonnegative_float, name)
     return str
 
 

@@ -255,7 +255,7 @@ def _dirs(results_dir, checkpoint_dir) -> tuple[Path, Path]:
     return results_dir, checkpoint_dir
 
 
-_CHECKPOINT_KEYS = {"key", "epoch", "model", "optimizer", "history", "elapsed_s", "segments"}
+_CHECKPOINT_KEYS = {"key", "epoch", "model", "optimizer", "history", "segments"}
 
 
 def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) -> dict | None:

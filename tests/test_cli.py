@@ -165,7 +165,8 @@ def test_bad_input_ends_in_one_clear_line(case, tmp_path, capsys):
 
 def test_ctrl_c_leaves_a_message_no_lock_and_a_resumable_run(tmp_path):
     res = tmp_path / "res"
-    args = [*tiny("l2", epochs=30), "--results", str(res), "--quiet", "--threads", "1"]
+    args = [*tiny("l2", epochs=30), "--results", str(res), "--quiet", "--threads", "1",
+            "--checkpoint-every", "0"]  # a checkpoint after every epoch
     (cfg,) = plan(["digits"], ["vgg13"], ["l2"], [0], epochs=30, width=0.125, train_subset=64,
                   batch_size=32)
     ck = checkpoint_path(cfg, res / "checkpoints")
