@@ -1,61 +1,72 @@
 """Images per second: locolib's on-device input pipeline vs a plain torchvision DataLoader.
 
-Both pipelines feed the same network, optimizer and training step (SGD + L2 via LocoDecay, bf16
-autocast on CUDA, the memory format training uses) with the same augmentation (random crop of
-the 4-pixel zero-padded image, random horizontal flip) and normalization:
+Both pipelines feed the same training step (:class:`locolib.train.TrainStep`: on CUDA autocast
+in the device's precision, channels_last, cuDNN autotuning, fused SGD; L2 via LocoDecay) with
+the same augmentation (random crop of the 4-pixel zero-padded image, random horizontal flip)
+and normalization:
 
 * locolib: the whole uint8 dataset on the device; per batch an index gather,
   :func:`locolib.data.augment_batch` and normalization there (what :func:`locolib.train.train`
   does);
 * torchvision: PIL images, ``transforms.RandomCrop(32, padding=4)``,
-  ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize``, a ``DataLoader`` with worker
-  processes, batches copied to the device.
+  ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize``, a ``DataLoader`` with as many
+  worker processes as the machine has cores (persistent, pinned memory on CUDA), batches
+  copied to the device.
 
-Two numbers per pipeline: the input pipeline alone (batches produced and moved to the device,
-no model) and whole training steps. The pipelines are timed in alternating chunks so that a
-change in machine load hits both alike. Default: offline (digits), < 1 minute on 2 CPU cores.
+Two numbers per pipeline: the input pipeline alone (batches produced and moved to the device)
+and whole training steps. Each timed chunk is one pass of a fresh iterator over exactly its
+batches, so no batch is prepared outside the timed window (a DataLoader's workers would
+otherwise fill their prefetch queue while the other pipeline is being timed). The pipelines
+alternate chunk by chunk (locolib.timing), and their speed ratio is paired by round.
 
-    python benchmarks/bench_pipeline.py                        # CPU, digits
-    python benchmarks/bench_pipeline.py --device cuda --dataset cifar10 --width 1 --steps 400
+    python benchmarks/bench_pipeline.py                        # CPU, offline digits
+    python benchmarks/bench_pipeline.py --device cuda --dataset cifar10 --network resnet18 --width 1
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import math
+import os
+from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
-from locolib.data import augment_batch, load_dataset
+from locolib.data import ImageData, augment_batch, load_dataset
 from locolib.models import build_model
 from locolib.reg import LocoDecay
-from locolib.train import choose_device, memory_format, synchronize
+from locolib.timing import interleaved, median_ci, ratio
+from locolib.train import TrainStep, choose_device, memory_format
+
+from bench_reg import device_dtype
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class OnDevice:
     """locolib's pipeline: uint8 data on the device, batched augmentation there."""
 
-    def __init__(self, data, device, batch, mean, std, layout, seed=0):
+    def __init__(self, data: ImageData, device, batch, mean, std, layout, seed=0):
         self.x, self.y = data.x_train.to(device), data.y_train.to(device)
         self.mean, self.std = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
         self.device, self.batch, self.layout = device, batch, layout
         self.shuffle = torch.Generator().manual_seed(seed)
         self.aug = torch.Generator(device=device)
         self.aug.manual_seed(seed)
-        self.perm, self.pos = None, len(self.y)
 
-    def __next__(self):
-        n = len(self.y)
-        if self.pos + self.batch > n:  # new epoch (drop_last, as the DataLoader below)
-            self.perm = torch.randperm(n, generator=self.shuffle).to(self.device)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.batch]
-        self.pos += self.batch
-        xb = augment_batch(self.x[idx], self.aug)
-        xb = (xb.float() / 255.0 - self.mean) / self.std
-        xb = xb.contiguous(memory_format=self.layout)
-        return xb, self.y[idx]
+    def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``n`` batches in a fresh random order (as training draws an epoch's)."""
+        epochs = math.ceil(n * self.batch / len(self.y))
+        perm = torch.cat([torch.randperm(len(self.y), generator=self.shuffle)
+                          for _ in range(epochs)]).to(self.device)
+        for i in range(n):
+            idx = perm[i * self.batch:(i + 1) * self.batch]
+            xb = augment_batch(self.x[idx], self.aug)
+            xb = (xb.float() / 255.0 - self.mean) / self.std
+            yield xb.contiguous(memory_format=self.layout), self.y[idx]
 
 
 class PilImages(torch.utils.data.Dataset):
@@ -76,8 +87,22 @@ class PilImages(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.y[i]
 
 
+class _Draw(torch.utils.data.Sampler):
+    """``size`` random indices per pass (one timed chunk), from a seeded generator."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.size = n, 0
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return self.size
+
+    def __iter__(self):
+        return iter(torch.randint(0, self.n, (self.size,), generator=self.g).tolist())
+
+
 class TorchvisionLoader:
-    def __init__(self, data, device, batch, mean, std, layout, workers, seed=0):
+    def __init__(self, data: ImageData, device, batch, mean, std, layout, workers, seed=0):
         from torchvision import transforms
 
         tf = transforms.Compose([
@@ -86,58 +111,69 @@ class TorchvisionLoader:
             transforms.ToTensor(),
             transforms.Normalize(mean.tolist(), std.tolist()),
         ])
+        self.sampler = _Draw(len(data.y_train), seed)
         self.loader = torch.utils.data.DataLoader(
-            PilImages(data.x_train, data.y_train, tf), batch_size=batch, shuffle=True,
+            PilImages(data.x_train, data.y_train, tf), batch_size=batch, sampler=self.sampler,
             drop_last=True, num_workers=workers, persistent_workers=workers > 0,
             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
-        self.device, self.layout = device, layout
-        self.it = self._forever()
+        self.device, self.batch, self.layout = device, batch, layout
 
-    def _forever(self):
-        while True:
-            yield from self.loader
-
-    def __next__(self):
-        xb, yb = next(self.it)
-        xb = xb.to(self.device, non_blocking=True)
-        xb = xb.contiguous(memory_format=self.layout)
-        return xb, yb.to(self.device, non_blocking=True)
+    def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass of a fresh iterator over exactly ``n`` batches: the workers start
+        preparing them only now, and nothing is left prepared afterwards."""
+        self.sampler.size = n * self.batch
+        for xb, yb in self.loader:
+            xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+            yield xb, yb.to(self.device, non_blocking=True)
 
 
-def make_step(model, device):
-    decay = LocoDecay(model, lam=5e-4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+def compare(data: ImageData, device: torch.device, network: str = "vgg13", width: float = 0.125,
+            batch: int = 128, data_batches: int = 25, train_batches: int = 6, rounds: int = 16,
+            workers: int | None = None, seed: int = 0) -> dict:
+    """Images/s of both pipelines, data alone and with training steps (median over rounds),
+    and their ratio (locolib / torchvision, paired by round, 95% interval), JSON-able."""
+    workers = cores() if workers is None else workers
+    dtype = device_dtype(device)
+    mean, std = data.channel_stats()
+    torch.manual_seed(seed)
+    model = build_model(network, data.num_classes, data.in_channels, width=width)
+    layout = memory_format(device, model)
+    model = model.to(device=device, memory_format=layout)
+    step = TrainStep(model, LocoDecay(model, lam=5e-4), device, 0.05, 0.9, dtype)
+    pipes = {"locolib": OnDevice(data, device, batch, mean, std, layout, seed),
+             "torchvision": TorchvisionLoader(data, device, batch, mean, std, layout, workers, seed)}
 
-    def step(xb, yb):
-        if amp is not None:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(xb)
-        else:
-            logits = model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        decay.apply_()
-        opt.step()
-        return loss
+    def consume(pipe, n: int, train: bool) -> None:
+        for xb, yb in pipe.batches(n):
+            if train:
+                step(xb, yb)
 
-    return step
-
-
-def timed(pipe, n, device, step=None) -> float:
-    """Seconds for n batches (and training steps if ``step``), synchronized at both ends."""
-    synchronize(device)
-    t = time.perf_counter()
-    for _ in range(n):
-        xb, yb = next(pipe)
-        if step is not None:
-            step(xb, yb)
-    synchronize(device)
-    return time.perf_counter() - t
+    out: dict = {"device": str(device), "workers": workers, "network": network, "width": width,
+                 "batch": batch, "autocast": str(dtype), "rounds": rounds}
+    for what, n, train in (("data", data_batches, False), ("training", train_batches, True)):
+        times = interleaved({name: (lambda p=p: consume(p, n, train)) for name, p in pipes.items()},
+                            device, rounds, warmup=1)
+        out[what] = {name: n * batch / median_ci(t)[0] for name, t in times.items()}
+        out[what]["batches_per_round"] = n
+        # time(torchvision) / time(locolib): how many times faster locolib is
+        out[what]["speedup"] = ratio(times, "torchvision", "locolib").as_dict()
+    return out
 
 
-def main(argv=None) -> None:
+def report(r: dict) -> str:
+    lines = [f"device {r['device']}, {r['network']} width {r['width']}, batch {r['batch']}, "
+             f"autocast {r['autocast']}, DataLoader with {r['workers']} workers, "
+             f"{r['rounds']} alternating rounds"]
+    for what in ("data", "training"):
+        q = r[what]["speedup"]
+        lines.append(f"{what:<9} images/s: locolib {r[what]['locolib']:,.0f}, torchvision "
+                     f"{r[what]['torchvision']:,.0f}; locolib faster by {q['median']:.2f}x "
+                     f"(95% CI {q['ci_low']:.2f}-{q['ci_high']:.2f}; "
+                     f"{r[what]['batches_per_round']} batches per round)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, help="default: cuda, else mps, else cpu")
     p.add_argument("--dataset", default="digits", help="digits (offline), cifar10, ...")
@@ -145,64 +181,21 @@ def main(argv=None) -> None:
     p.add_argument("--network", default="vgg13", choices=["vgg13", "mobilenet", "resnet18"])
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=200, help="batches timed per pipeline, data only")
-    p.add_argument("--train-steps", type=int, default=None,
-                   help="training steps timed per pipeline (default: steps; 32 on CPU, "
-                        "where a step of even a small network takes ~0.1-0.4 s)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--data-batches", type=int, default=25, help="batches per round, data only")
+    p.add_argument("--train-batches", type=int, default=6, help="training steps per round")
+    p.add_argument("--rounds", type=int, default=16)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: one per core)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--chunks", type=int, default=8, help="alternate the pipelines this often")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
-
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = choose_device(a.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # decayed weights are denormal floats: slow CPU math
-    train_steps = a.train_steps or (32 if device.type == "cpu" else a.steps)
     data = load_dataset(a.dataset, root=a.data_root, download=False)
-    mean, std = data.channel_stats()
-    torch.manual_seed(0)
-    model = build_model(a.network, data.num_classes, data.in_channels, width=a.width)
-    layout = memory_format(device, model)
-    model = model.to(device=device, memory_format=layout)
-    step = make_step(model, device)
-    pipes = {
-        "locolib (data on device)": OnDevice(data, device, a.batch, mean, std, layout),
-        f"torchvision DataLoader ({a.workers} workers)":
-            TorchvisionLoader(data, device, a.batch, mean, std, layout, a.workers),
-    }
-    t_all = time.perf_counter()
-    for pipe in pipes.values():  # warm-up: worker start, allocator, cuDNN/oneDNN kernel choice
-        timed(pipe, 3, device, step)
-    data_s: dict[str, list[float]] = {name: [] for name in pipes}
-    train_s: dict[str, list[float]] = {name: [] for name in pipes}
-    n_data, n_train = a.steps // a.chunks, train_steps // a.chunks  # batches per chunk
-    for c in range(a.chunks):
-        names = list(pipes) if c % 2 == 0 else list(reversed(pipes))
-        for name in names:
-            data_s[name].append(timed(pipes[name], n_data, device))
-        for name in names:
-            train_s[name].append(timed(pipes[name], n_train, device, step))
-
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    print(f"device {dev_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"{a.dataset} ({len(data.y_train)} training images), {a.network} width {a.width}, "
-          f"batch {a.batch}; per pipeline {n_data * a.chunks} batches data only and "
-          f"{n_train * a.chunks} training steps, in {a.chunks} alternating chunks")
-    # "all": images over total time; "best chunk": the fastest chunk, less sensitive to other
-    # load on a shared machine.
-    print(f"{'images/s':<34}{'data only':>12}{'best chunk':>12}{'training':>12}{'best chunk':>12}")
-    rate = {}
-    for name in pipes:
-        rate[name] = (n_data * a.batch * a.chunks / sum(data_s[name]),
-                      n_data * a.batch / min(data_s[name]),
-                      n_train * a.batch * a.chunks / sum(train_s[name]),
-                      n_train * a.batch / min(train_s[name]))
-        print(f"{name:<34}" + "".join(f"{r:>12,.0f}" for r in rate[name]))
-    ours, theirs = rate.values()
-    print(f"{'ratio locolib / torchvision':<34}" + "".join(f"{o / t:>11.2f}x" for o, t in zip(ours, theirs)))
-    print(f"(total {time.perf_counter() - t_all:.1f} s)")
+    r = compare(data, choose_device(a.device), a.network, a.width, a.batch, a.data_batches,
+                a.train_batches, a.rounds, a.workers)
+    print(json.dumps(r, indent=2) if a.json else report(r))
+    return r
 
 
 if __name__ == "__main__":

@@ -1,155 +1,188 @@
 """Cost of LOCO-REG in a training step, side by side with no regularization and uniform L2.
 
-One step = forward, backward, regularization, SGD(momentum 0.9) step. Modes:
+One step is :class:`locolib.train.TrainStep`, the step training takes: forward (on CUDA under
+autocast in the device's precision, channels_last, cuDNN autotuning), cross-entropy, backward,
+the regularizer, SGD with momentum (fused on CUDA). Modes:
 
   none       no regularization
   l2         uniform L2 as coupled decay: LocoDecay(gamma=1, eta=1).apply_()
   loco       LOCO-REG as coupled decay:   LocoDecay(gamma, eta).apply_()
   loco_loss  LOCO-REG as a loss term:     loss + LocoDecay(gamma, eta).penalty()
-             (= loco_penalty + uniform L2 on 1x1-conv/dense weights)
 
-Repetitions are interleaved (the order of the modes rotates every round) so that drifts of a
-shared machine hit all modes alike; medians are reported. A second, isolated measurement times
-only the regularization call itself (apply_ vs apply_, or penalty forward+backward), which is far
-less noisy than whole steps (on a shared machine whole-step medians scatter by several percent
-between runs; the min column and the isolated calls are the stable numbers).
+Two measurements, each in interleaved rounds (locolib.timing: the order of the modes rotates
+every round, ratios are paired by round, medians come with a distribution-free 95% interval):
 
-    python benchmarks/bench_reg.py                      # CPU, small VGG13, < 1 min on 2 cores
+* whole steps: blocks of ``--block`` steps per mode and round; rounds go on until the interval
+  of loco / l2 is at most +-``--resolution`` wide (enough to decide the 3% goal) or
+  ``--max-seconds`` have passed;
+* the regularization call alone (apply_, or the penalty's forward and backward), in blocks of
+  ``--calls`` calls: its extra cost over L2's call, as a fraction of an L2 step. Far less noisy
+  than whole steps, and what the whole-step ratio should show.
+
+    python benchmarks/bench_reg.py                      # CPU, 1/4-width VGG13, about a minute
     python benchmarks/bench_reg.py --device cuda --model resnet18 --width 1 --batch 128
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import statistics
+import json
 import time
 
 import torch
-from torch import nn
 
 from locolib.models import build_model
 from locolib.reg import LocoDecay
-from locolib.train import synchronize
+from locolib.timing import interleaved, median_ci, ratio
+from locolib.train import TrainStep, autocast_dtype, choose_device, memory_format
 
 MODES = ("none", "l2", "loco", "loco_loss")
 
 
-def _setup(args, device):
-    torch.manual_seed(args.seed)
-    base = build_model(args.model, 10, 3, width=args.width).to(device)
-    if args.channels_last:
-        base = base.to(memory_format=torch.channels_last)
-    runs = {}
+class LossTermStep(TrainStep):
+    """The training step with LOCO-REG as a loss term instead of decay added to the gradients."""
+
+    def __init__(self, term: LocoDecay, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.term = term
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return super().loss(logits, y) + self.term.penalty()
+
+
+def device_dtype(device: torch.device) -> torch.dtype | None:
+    """Training's settings on ``device``: on CUDA autocast in the device's precision and cuDNN
+    autotuning; on the CPU float32 with denormals flushed (as :func:`locolib.train.train`)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        return autocast_dtype(torch.cuda.get_device_capability(device))
+    torch.set_flush_denormal(True)
+    return None
+
+
+def steps(model_name: str, width: float, device: torch.device, gamma: float, eta: float,
+          lam: float, seed: int = 0, channels: int = 3) -> dict[str, TrainStep]:
+    """One :class:`TrainStep` per mode, on copies of one seeded network."""
+    dtype = device_dtype(device)
+    out = {}
     for mode in MODES:
-        model = copy.deepcopy(base)
-        if mode == "l2":
-            decay = LocoDecay(model, 1.0, 1.0, args.lam)
-        elif mode in ("loco", "loco_loss"):
-            decay = LocoDecay(model, args.gamma, args.eta, args.lam)
+        torch.manual_seed(seed)
+        model = build_model(model_name, 10, channels, width=width)
+        model = model.to(device=device, memory_format=memory_format(device, model))
+        decay = {"none": None, "l2": LocoDecay(model, 1.0, 1.0, lam),
+                 "loco": LocoDecay(model, gamma, eta, lam), "loco_loss": None}[mode]
+        if mode == "loco_loss":
+            out[mode] = LossTermStep(LocoDecay(model, gamma, eta, lam), model, None, device,
+                                     0.01, 0.9, dtype)
         else:
-            decay = None
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0)
-        runs[mode] = (model, decay, opt)
-    return runs
+            out[mode] = TrainStep(model, decay, device, 0.01, 0.9, dtype)
+    return out
 
 
-def _step(mode, model, decay, opt, x, y, loss_fn):
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    if mode == "loco_loss":
-        loss = loss + decay.penalty()
-    loss.backward()
-    if mode in ("l2", "loco"):
-        decay.apply_()
-    opt.step()
+def batch(size: int, device: torch.device, model: torch.nn.Module, seed: int = 0,
+          channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(size, channels, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (size,), generator=g).to(device)
+    return x.contiguous(memory_format=memory_format(device, model)), y
 
 
-def bench_steps(args, device) -> dict[str, float]:
-    runs = _setup(args, device)
-    g = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    loss_fn = nn.CrossEntropyLoss()
-    times: dict[str, list[float]] = {m: [] for m in MODES}
-    for rep in range(args.warmup + args.steps):
-        order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
-        for mode in order:
-            model, decay, opt = runs[mode]
-            synchronize(device)
-            t0 = time.perf_counter()
-            _step(mode, model, decay, opt, x, y, loss_fn)
-            synchronize(device)
-            if rep >= args.warmup:
-                times[mode].append(time.perf_counter() - t0)
-    return {m: statistics.median(v) for m, v in times.items()}, {m: min(v) for m, v in times.items()}
+def measure(model: str = "vgg13", width: float = 0.25, batch_size: int = 32,
+            device: torch.device = torch.device("cpu"), block: int = 2, rounds: int = 20,
+            resolution: float = 0.01, max_seconds: float = 60.0, calls: int = 20,
+            call_rounds: int = 100, gamma: float = 0.8, eta: float = 1.25, lam: float = 5e-4,
+            seed: int = 0) -> dict:
+    """Whole-step ratios and isolated-call costs (see the module docstring), JSON-able."""
+    modes = steps(model, width, device, gamma, eta, lam, seed)
+    x, y = batch(batch_size, device, modes["l2"].model, seed)
+    t0 = time.perf_counter()
 
+    def resolved(times: dict[str, list[float]]) -> bool:
+        r = ratio(times, "loco", "l2")
+        return len(times["l2"]) >= 5 and (r.high - r.low) / 2 <= resolution
 
-def bench_reg_only(args, device, reps: int = 200) -> dict[str, float]:
-    """Median time of the regularization call alone, interleaved."""
-    runs = _setup(args, device)
-    for model, _, _ in runs.values():
-        for p in model.parameters():
+    step_times = interleaved({m: (lambda s=s: [s(x, y) for _ in range(block)])
+                              for m, s in modes.items()}, device, rounds, warmup=1,
+                             enough=resolved, max_rounds=100 * rounds, max_s=max_seconds)
+    l2_step = median_ci(step_times["l2"])[0] / block
+
+    for s in modes.values():  # gradients for the calls to act on
+        for p in s.model.parameters():
             p.grad = torch.zeros_like(p)
-    calls = {
-        "l2": runs["l2"][1].apply_,
-        "loco": runs["loco"][1].apply_,
-        "loco_loss": lambda: runs["loco_loss"][1].penalty().backward(),
+    l2, loco, term = modes["l2"].decay, modes["loco"].decay, modes["loco_loss"].term
+    call_times = interleaved({
+        "l2": lambda: [l2.apply_() for _ in range(calls)],
+        "loco": lambda: [loco.apply_() for _ in range(calls)],
+        "loco_loss": lambda: [term.penalty().backward() for _ in range(calls)],
+    }, device, call_rounds, warmup=2)
+    extra = [(a - b) / calls / l2_step for a, b in zip(call_times["loco"], call_times["l2"])]
+    med, lo, hi = median_ci(extra)
+    n_params = sum(p.numel() for p in modes["l2"].model.parameters())
+    step_ratio = ratio(step_times, "loco", "l2")
+    return {
+        "model": model, "width": width, "params": n_params, "batch": batch_size,
+        "device": str(device), "threads": torch.get_num_threads(),
+        "autocast": str(modes["l2"].dtype), "block": block,
+        "step_ms": {m: 1e3 * median_ci(t)[0] / block for m, t in step_times.items()},
+        "step_ratio": {m: ratio(step_times, m, "l2").as_dict() for m in MODES if m != "l2"},
+        "resolved": (step_ratio.high - step_ratio.low) / 2 <= resolution,
+        "call_us": {m: 1e6 * median_ci(t)[0] / calls for m, t in call_times.items()},
+        "loco_call_extra_of_l2_step": {"median": med, "ci_low": lo, "ci_high": hi,
+                                       "rounds": len(extra)},
+        "loss_term_of_l2_step": median_ci(call_times["loco_loss"])[0] / calls / l2_step,
+        "goal_loco_step_ratio_max": 1.03,
+        "goal_met": step_ratio.high <= 1.03,
+        "seconds": time.perf_counter() - t0,
     }
-    times: dict[str, list[float]] = {m: [] for m in calls}
-    names = list(calls)
-    for rep in range(reps + 10):
-        order = names[rep % 3:] + names[:rep % 3]
-        for name in order:
-            synchronize(device)
-            t0 = time.perf_counter()
-            calls[name]()
-            synchronize(device)
-            if rep >= 10:
-                times[name].append(time.perf_counter() - t0)
-    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def report(r: dict) -> str:
+    lines = [f"{r['model']} width={r['width']} ({r['params']:,} params) batch={r['batch']} "
+             f"device={r['device']} threads={r['threads']} autocast={r['autocast']}",
+             f"whole steps (blocks of {r['block']}), median ms and ratio to l2 (95% CI):"]
+    for m, ms in r["step_ms"].items():
+        q = r["step_ratio"].get(m)
+        lines.append(f"  {m:<10} {ms:9.2f}" + ("" if q is None else
+                     f"   {q['median']:.4f} ({q['ci_low']:.4f}-{q['ci_high']:.4f}, "
+                     f"{q['rounds']} rounds)"))
+    c = r["loco_call_extra_of_l2_step"]
+    lines += ["regularization call alone, median us: "
+              + ", ".join(f"{m} {us:.1f}" for m, us in r["call_us"].items()),
+              f"LOCO-REG's decay over L2's, as a share of an l2 step: {100 * c['median']:+.3f}% "
+              f"(95% CI {100 * c['ci_low']:+.3f}% to {100 * c['ci_high']:+.3f}%, "
+              f"{c['rounds']} rounds); the loss-term form costs "
+              f"{100 * r['loss_term_of_l2_step']:.2f}% of an l2 step",
+              f"goal loco/l2 <= 1.03: {'met' if r['goal_met'] else 'not shown'} (whole-step "
+              f"interval {'resolved' if r['resolved'] else 'NOT resolved'}); "
+              f"{r['seconds']:.0f} s"]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default=None, help="default: cuda, else mps, else cpu")
     ap.add_argument("--model", default="vgg13", choices=["vgg13", "mobilenet", "resnet18"])
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=25, help="timed steps per mode")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--block", type=int, default=2, help="steps per mode and round")
+    ap.add_argument("--rounds", type=int, default=20, help="at least this many rounds")
+    ap.add_argument("--resolution", type=float, default=0.01,
+                    help="go on until the loco/l2 interval is at most +- this")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="...or this long")
+    ap.add_argument("--calls", type=int, default=20, help="regularization calls per round")
+    ap.add_argument("--call-rounds", type=int, default=100)
     ap.add_argument("--gamma", type=float, default=0.8)
     ap.add_argument("--eta", type=float, default=1.25)
-    ap.add_argument("--lam", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
-    t_start = time.perf_counter()
-    step, step_min = bench_steps(args, device)
-    reg = bench_reg_only(args, device)
-    n_params = sum(p.numel() for p in build_model(args.model, 10, 3, width=args.width).parameters())
-    print(f"{args.model} width={args.width} ({n_params:,} params) batch={args.batch} "
-          f"device={device} threads={torch.get_num_threads()} steps={args.steps}")
-    print(f"{'mode':<10} {'median ms':>9} {'/ l2':>7} {'/ none':>7} {'min ms':>9} {'/ l2':>7}")
-    for m in MODES:
-        print(f"{m:<10} {1e3 * step[m]:9.2f} {step[m] / step['l2']:7.3f} {step[m] / step['none']:7.3f}"
-              f" {1e3 * step_min[m]:9.2f} {step_min[m] / step_min['l2']:7.3f}")
-    print("regularization call alone (median):")
-    for m, t in reg.items():
-        print(f"  {m:<10} {1e6 * t:9.1f} us = {100 * t / step['l2']:.2f}% of an l2 step")
-    extra = (reg["loco"] - reg["l2"]) / step["l2"]
-    print(f"LOCO-REG (decay) over L2, whole step: median {100 * (step['loco'] / step['l2'] - 1):+.2f}%, "
-          f"min {100 * (step_min['loco'] / step_min['l2'] - 1):+.2f}%; "
-          f"from the isolated calls: {100 * extra:+.3f}% (goal: <= +3%)")
-    print(f"total benchmark time {time.perf_counter() - t_start:.1f} s")
-    return {"step_s": step, "step_min_s": step_min, "reg_only_s": reg}
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    a = ap.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    r = measure(a.model, a.width, a.batch, choose_device(a.device), a.block, a.rounds,
+                a.resolution, a.max_seconds, a.calls, a.call_rounds, a.gamma, a.eta, seed=a.seed)
+    print(json.dumps(r, indent=2) if a.json else report(r))
+    return r
 
 
 if __name__ == "__main__":

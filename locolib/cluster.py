@@ -72,7 +72,8 @@ class ClusterOptions:
     def __post_init__(self) -> None:
         if self.address not in ("local", "slurm") and not re.fullmatch(r"tcp://[^:/]+:\d+", self.address):
             raise ValueError(f"--dask {self.address!r}: expected local, slurm or tcp://host:port")
-        if self.runs_per_gpu < 1 or self.gpus < 0 or self.cores < 1 or (self.workers or 1) < 1:
+        if (self.runs_per_gpu < 1 or self.gpus < 0 or self.cores < 1
+                or (self.workers is not None and self.workers < 1)):
             raise ValueError("runs per GPU, cores and workers must be >= 1, GPUs >= 0")
         if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", self.walltime):
             raise ValueError(f"walltime {self.walltime!r}: expected HH:MM:SS or D-HH:MM:SS")

@@ -699,6 +699,8 @@ def _save_checkpoint(path: Path, config: RunConfig, run: _Run, epoch: int, histo
         "optimizer": run.opt.state_dict(),
         "history": history,
         "spent": spent,  # without this write itself
+        # What earlier versions resume from: a process of one may share this folder.
+        "elapsed_s": sum(h["epoch_s"] for h in history),
         "segments": segments,
     }
     if run.step.scaler is not None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -564,18 +565,30 @@ _BASELINE_RUNS = [
     dict(dataset="digits", network="resnet18", regularizer="l2", seed=1, width=0.0625,
          train_subset=200, batch_size=64, epochs=2),
 ]
-_TRAIN_BASELINE = """
+_TRAIN_BEFORE = """
 import json, sys
 import torch
 from locolib.train import RunConfig, train
 torch.set_num_threads(1)
-out = sys.argv[1]
-for d in json.loads(sys.argv[2]):
-    train(RunConfig(**d), results_dir=out, progress=False, device="cpu", model_dir=out)
+out, runs, stop = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:] == ["stop"]
+
+def hook(event, epoch, step):
+    if stop and event == "checkpoint":
+        raise KeyboardInterrupt
+
+for d in runs:
+    try:
+        train(RunConfig(**d), results_dir=out, progress=False, device="cpu", model_dir=out,
+              hook=hook)
+    except KeyboardInterrupt:
+        pass
 """
 
 
-def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path):
+@pytest.fixture
+def train_before(tmp_path):
+    """Train runs (dicts of RunConfig fields) with the code of :data:`CPU_BASELINE` in a
+    subprocess, into a folder; with ``stop``, interrupt each after its first checkpoint."""
     commit, version = CPU_BASELINE
     if config.TRAINING_VERSION != version:
         pytest.skip(f"TRAINING_VERSION is {config.TRAINING_VERSION}, not {version}: training "
@@ -590,14 +603,57 @@ def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(old, filter="data")
     env = {**os.environ, "PYTHONPATH": str(old), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", _TRAIN_BASELINE, str(tmp_path / "before"),
-                    json.dumps(_BASELINE_RUNS)], env=env, check=True, cwd=tmp_path)
+
+    def run(runs: list[dict], out: Path, stop: bool = False) -> None:
+        subprocess.run([sys.executable, "-c", _TRAIN_BEFORE, str(out), json.dumps(runs),
+                        *(["stop"] if stop else [])], env=env, check=True, cwd=tmp_path)
+    return run
+
+
+def _assert_same_run(cfg: RunConfig, now: dict, folder_now: Path, folder_before: Path) -> None:
+    before = json.loads(result_path(cfg, folder_before).read_text())
+    assert _metrics(now) == _metrics(before) and now["final"] == before["final"]
+    assert now["weight_stats"] == before["weight_stats"]
+    _assert_bitwise(_weights(folder_now / f"{cfg.key}.pt"), _weights(folder_before / f"{cfg.key}.pt"))
+
+
+def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path, train_before):
+    train_before(_BASELINE_RUNS, tmp_path / "before")
     for d in _BASELINE_RUNS:
         cfg = RunConfig(**d)
         now = train(cfg, results_dir=tmp_path / "now", progress=False, device="cpu",
                     model_dir=tmp_path / "now")
-        before = json.loads(result_path(cfg, tmp_path / "before").read_text())
-        assert _metrics(now) == _metrics(before) and now["final"] == before["final"]
-        assert now["weight_stats"] == before["weight_stats"]
-        _assert_bitwise(_weights(tmp_path / "now" / f"{cfg.key}.pt"),
-                        _weights(tmp_path / "before" / f"{cfg.key}.pt"))
+        _assert_same_run(cfg, now, tmp_path / "now", tmp_path / "before")
+
+
+def test_checkpoints_resume_across_the_gpu_path_change(tmp_path, train_before):
+    """A run interrupted by the earlier code resumes in this one, and the other way round (a
+    sweep's processes may be of both), ending as an uninterrupted run."""
+    d = _BASELINE_RUNS[0]
+    cfg = RunConfig(**d, checkpoint_every=0)  # the earlier code checkpoints every epoch
+    ref = train(cfg, results_dir=tmp_path / "ref", progress=False, device="cpu",
+                model_dir=tmp_path / "ref")
+
+    train_before([d], tmp_path / "old-to-new", stop=True)
+    assert torch.load(checkpoint_path(cfg, tmp_path / "old-to-new" / "checkpoints"),
+                      weights_only=True)["epoch"] == 1
+    resumed = train(cfg, results_dir=tmp_path / "old-to-new", progress=False, device="cpu",
+                    model_dir=tmp_path / "old-to-new")
+    assert resumed["timing"]["segments"] == 2
+    _assert_same_run(cfg, resumed, tmp_path / "old-to-new", tmp_path / "ref")
+
+    _run_interrupted(cfg, tmp_path / "new-to-old", tmp_path / "new-to-old" / "checkpoints",
+                     ("checkpoint", 0, -1))
+    train_before([d], tmp_path / "new-to-old")
+    _assert_same_run(cfg, ref, tmp_path / "ref", tmp_path / "new-to-old")
+
+
+def test_runs_in_threads_of_one_process_give_the_serial_records(tmp_path):
+    """As on a Dask worker whose threads share a GPU: each run gets its own seed's weights."""
+    configs = [RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=s) for s in (0, 1, 2)]
+    serial = [train(c, results_dir=tmp_path / "serial", progress=False) for c in configs]
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(lambda c: train(c, results_dir=tmp_path / "threads",
+                                                 progress=False), configs))
+    assert [_metrics(r) for r in threaded] == [_metrics(r) for r in serial]
+    assert [r["weight_stats"] for r in threaded] == [r["weight_stats"] for r in serial]
