@@ -225,9 +225,9 @@ def run_sweep(
     then, after the pass, they are polled every ``poll_s`` seconds until their result appears
     (or their lock goes stale, and this process takes them over). ``progress``: a bar over the
     sweep's runs and one per run trained (:func:`locolib.train.train`), in every front end
-    (:mod:`locolib.progress`). ``log``: called
-    with one line per run (None: silent). A KeyboardInterrupt stops the sweep; the interrupted
-    run resumes from its last checkpoint next time.
+    (:mod:`locolib.progress`). ``log``: called with one line per run (None: silent). A
+    KeyboardInterrupt stops the sweep; the interrupted run resumes from its last checkpoint
+    next time.
     """
 
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
