@@ -32,14 +32,13 @@ import os
 from collections.abc import Iterator
 
 import torch
+from bench_reg import device_dtype
 
 from locolib.data import ImageData, augment_batch, load_dataset
 from locolib.models import build_model
 from locolib.reg import LocoDecay
 from locolib.timing import interleaved, median_ci, ratio
 from locolib.train import TrainStep, choose_device, memory_format
-
-from bench_reg import device_dtype
 
 
 def cores() -> int:
@@ -151,7 +150,7 @@ def compare(data: ImageData, device: torch.device, network: str = "vgg13", width
     out: dict = {"device": str(device), "workers": workers, "network": network, "width": width,
                  "batch": batch, "autocast": str(dtype), "rounds": rounds}
     for what, n, train in (("data", data_batches, False), ("training", train_batches, True)):
-        times = interleaved({name: (lambda p=p: consume(p, n, train)) for name, p in pipes.items()},
+        times = interleaved({name: (lambda p=p, n=n, train=train: consume(p, n, train)) for name, p in pipes.items()},
                             device, rounds, warmup=1)
         out[what] = {name: n * batch / median_ci(t)[0] for name, t in times.items()}
         out[what]["batches_per_round"] = n

@@ -88,11 +88,12 @@ def batch(size: int, device: torch.device, model: torch.nn.Module, seed: int = 0
 
 
 def measure(model: str = "vgg13", width: float = 0.25, batch_size: int = 32,
-            device: torch.device = torch.device("cpu"), block: int = 2, rounds: int = 20,
+            device: torch.device | str = "cpu", block: int = 2, rounds: int = 20,
             resolution: float = 0.01, max_seconds: float = 60.0, calls: int = 20,
             call_rounds: int = 100, gamma: float = 0.8, eta: float = 1.25, lam: float = 5e-4,
             seed: int = 0) -> dict:
     """Whole-step ratios and isolated-call costs (see the module docstring), JSON-able."""
+    device = torch.device(device)
     modes = steps(model, width, device, gamma, eta, lam, seed)
     x, y = batch(batch_size, device, modes["l2"].model, seed)
     t0 = time.perf_counter()

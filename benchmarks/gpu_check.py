@@ -40,6 +40,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+import bench_pipeline
+import bench_reg
 import torch
 from scipy import stats
 
@@ -49,9 +51,6 @@ from locolib.data import DATASETS, DatasetSpec, ImageData, load_dataset
 from locolib.experiments import finished_records
 from locolib.plans import study
 from locolib.results import default_results_dir, git_commit
-
-import bench_pipeline
-import bench_reg
 
 SYNTHETIC = "synthetic_cifar"
 NETWORKS = ("resnet18", "vgg13", "mobilenet")
