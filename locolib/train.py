@@ -228,10 +228,27 @@ def _denormals_flushed(device: torch.device):
         torch.set_flush_denormal(was_flushing)
 
 
-def _fork_rng(device: torch.device):
-    """Save torch's global RNG state (CPU, and the CUDA device in use) and restore it on exit."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
+#: Building a model draws its initial weights from torch's global RNG; concurrent runs in
+#: threads of one process (Dask workers sharing a GPU) take turns with it, so that each gets
+#: its seed's weights (see _seeded_global_rng).
+_RNG_LOCK = threading.Lock()
+
+
+@contextmanager
+def _seeded_global_rng(device: torch.device, seed: int):
+    """Inside the block torch's global RNG (CPU, and the CUDA device in use) is seeded by
+    ``seed``; on exit the caller's state comes back. Saving, seeding and restoring take the
+    lock that model initialisation holds, so that a run in another thread of the process never
+    initialises its model from this run's RNG state."""
+    fork = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+    with _RNG_LOCK:
+        fork.__enter__()
+        torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        with _RNG_LOCK:
+            fork.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,9 +360,6 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
 Hook = Callable[[str, int, int], None]
 #: Clock of every timing in a record; a test replaces it to schedule checkpoints.
 _clock = time.perf_counter
-#: Building a model draws its initial weights from torch's global RNG; concurrent runs in
-#: threads of one process (Dask workers sharing a GPU) take turns so that each gets its seed's.
-_INIT_LOCK = threading.Lock()
 
 
 def synchronize(device: torch.device) -> None:
@@ -430,7 +444,7 @@ class _Run:
 
         kwargs = {} if config.init == "torch" else {"init": config.init}
         # Seeded init without touching the caller's RNG.
-        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        with _RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             model = build_model(config.network, data.num_classes, in_channels=data.in_channels,
                                 width=config.width, kernel_size=config.kernel_size, **kwargs)
@@ -633,8 +647,7 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
                      if progress == "batches" else None)
             # Any use of torch's global RNG inside the epoch (e.g. dropout) is seeded by
             # (seed, epoch) too, and the caller's RNG state is left untouched.
-            with _fork_rng(device):
-                torch.manual_seed(derive_seed(config.seed, "torch", epoch))
+            with _seeded_global_rng(device, derive_seed(config.seed, "torch", epoch)):
                 synchronize(device)
                 t0 = _clock()
                 metrics = run.train_epoch(epoch, hook, lock, inner)
