@@ -421,12 +421,14 @@ def test_autocast_dtype_follows_the_compute_capability(capability, dtype, monkey
     assert T.training_dtype(cfg.replace(amp_cpu=True), torch.device("cpu")) == torch.bfloat16
 
 
-def test_the_cpu_step_is_the_plain_one():
+def test_sgd_is_fused_on_cuda_and_the_cpu_step_is_the_plain_one():
     """On the CPU: no autocast, no scaler, torch's default (unfused) SGD, no compile."""
     cfg = RunConfig(regularizer="l2", seed=0, **TINY)
     run = T._Run(cfg, torch.device("cpu"), download=False)
     assert run.step.dtype is None and run.step.scaler is None
     assert run.opt.defaults["fused"] is None and run.step.forward is run.model
+    on_cuda = T.TrainStep(run.model, run.decay, torch.device("cuda"), 0.1, 0.9)
+    assert on_cuda.opt.defaults["fused"] is True
 
 
 def _float16_on_the_cpu(monkeypatch):
