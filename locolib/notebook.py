@@ -72,6 +72,9 @@ def run_notebook(
     kernel). By default the ``smoke`` profile, whose runs only exercise code, keeps its records
     in ``smoke-results/`` beside ``output`` (unless ``$LOCOLIB_RESULTS`` is set), so that it never
     adds records to the repository's ``results/``; the other profiles use the repository's.
+
+    The output notebook shows text as a terminal would (:func:`settle_streams`): a progress bar
+    its final state, not one line per update.
     """
     import papermill  # noqa: PLC0415 -- optional dependency (locolib[book])
 
@@ -92,7 +95,37 @@ def run_notebook(
             progress_bar=progress,
             log_output=False,
         )
+    settle_streams(output)
     return output
+
+
+def settle_streams(path: str | Path) -> None:
+    """Rewrite the notebook at ``path`` so that each cell's consecutive outputs of one stream
+    are one output, and of every line only what its last carriage return left is kept."""
+    import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged: list = []
+        for out in cell.outputs:
+            last = merged[-1] if merged else None
+            if (out.output_type == "stream" and last is not None
+                    and last.output_type == "stream" and last.name == out.name):
+                last.text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream":
+                out.text = "\n".join(_after_carriage_return(line) for line in out.text.split("\n"))
+        cell.outputs = merged
+    nbformat.write(nb, path)
+
+
+def _after_carriage_return(line: str) -> str:
+    parts = [p for p in line.split("\r") if p.strip()]
+    return parts[-1] if parts else ""
 
 
 @contextmanager

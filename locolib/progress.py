@@ -9,9 +9,14 @@ bar takes the current line: a finished run leaves one line, not one line per upd
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():  # without ipywidgets it falls back to text bars, as meant here
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 __all__ = ["progress_bar", "tqdm"]
 

@@ -120,3 +120,6 @@ def test_a_smoke_run_keeps_its_records_out_of_the_repository_and_shows_progress(
     key = streams["stdout"].split("key ")[1].strip()
     assert (scratch / f"{key}.json").is_file()
     assert "sweep: 100%" in streams["stderr"] and f"{key}: 100%" in streams["stderr"]
+    # As a terminal shows them: each bar's final state, not a line per update, and no advice
+    # to install widgets.
+    assert f"{key}:   0%" not in streams["stderr"] and "IProgress" not in streams["stderr"]

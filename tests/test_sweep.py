@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 import locolib.train as T
-from locolib.results import RunLock
+from locolib.results import RunFileWarning, RunLock
 from locolib.sweep import (
     compare,
     load_results,
@@ -207,8 +207,10 @@ def test_load_results_table_and_filters(tmp_path):
     configs = plan(["digits"], ["vgg13"], ["l2", "loco"], [0, 1], gamma=0.7, **TINY)
     recs = run_sweep(configs, results_dir=res, progress=False, log=None)
     (res / "notes.json").write_text('{"not": "a record"}')
-    df = load_results(res)
+    with pytest.warns(RunFileWarning, match="notes.json"):
+        df = load_results(res)
     assert len(df) == 4 and set(df.key) == {c.key for c in configs}  # notes.json is skipped
+    (res / "notes.json").unlink()
     byk = {r["key"]: r for r in recs}
     for row in df.itertuples():
         assert row.test_error == byk[row.key]["final"]["test_error"]
