@@ -101,7 +101,8 @@ def run_notebook(
 
 def settle_streams(path: str | Path) -> None:
     """Rewrite the notebook at ``path`` so that each cell's consecutive outputs of one stream
-    are one output, and of every line only what its last carriage return left is kept."""
+    are one output, of every line only what its last carriage return left is kept, and blank
+    stream outputs are dropped."""
     import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     nb = nbformat.read(path, as_version=4)
@@ -119,7 +120,8 @@ def settle_streams(path: str | Path) -> None:
         for out in merged:
             if out.output_type == "stream":
                 out.text = "\n".join(_after_carriage_return(line) for line in out.text.split("\n"))
-        cell.outputs = merged
+        # A bar erased to print a line between its updates leaves blank output behind.
+        cell.outputs = [o for o in merged if o.output_type != "stream" or o.text.strip()]
     nbformat.write(nb, path)
 
 

@@ -123,3 +123,22 @@ def test_a_smoke_run_keeps_its_records_out_of_the_repository_and_shows_progress(
     # As a terminal shows them: each bar's final state, not a line per update, and no advice
     # to install widgets.
     assert f"{key}:   0%" not in streams["stderr"] and "IProgress" not in streams["stderr"]
+
+
+def test_settled_streams_show_what_a_terminal_shows(tmp_path):
+    import nbformat
+
+    from locolib.notebook import settle_streams
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("train()")
+    stream = lambda name, text: nbformat.v4.new_output("stream", name=name, text=text)  # noqa: E731
+    cell.outputs = [stream("stderr", "\rsweep:   0%|  | 0/2"),
+                    stream("stderr", "\rrun: 50%\rrun: 100%\n"), stream("stderr", "\r      \r"),
+                    stream("stdout", "trained\n"), stream("stderr", "\rsweep: 100%|##| 2/2\n")]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    settle_streams(tmp_path / "n.ipynb")
+    outputs = nbformat.read(tmp_path / "n.ipynb", as_version=4).cells[0].outputs
+    assert [(o.name, o.text) for o in outputs] == [
+        ("stderr", "run: 100%\n"), ("stdout", "trained\n"), ("stderr", "sweep: 100%|##| 2/2\n")]
