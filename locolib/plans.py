@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from locolib.config import RunConfig
+from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import dataset_spec
 from locolib.experiments import finished_records, history_frame, table6_loco_params
 from locolib.sweep import print_status, run_sweep
@@ -45,7 +45,7 @@ __all__ = ["Arm", "Study", "STUDIES", "FEATURE_MAP_RUNS", "feature_map_configs",
 
 PAPER_LAM = 5e-4
 #: The book's fixed LOCO-REG: centre regularized half, corners twice as strongly as the edges.
-FIXED_LOCO = {"gamma": 0.5, "eta": 2.0}
+FIXED_LOCO = LOCO_DEFAULT
 #: Positive controls: ten times more (or less) regularization at the centre than at the corners.
 STRONG_LOCALITY = {"gamma": 0.1, "eta": 10.0}
 STRONG_ANTI_LOCALITY = {"gamma": 10.0, "eta": 0.1}
@@ -148,6 +148,7 @@ def _study(profile: str, dataset: str, protocol: Mapping[str, Any],
            dose: Mapping[str, int], controls: int, table6_pairs: int, parameter_runs: int) -> Study:
     net = "vgg13"
     extra = dict(networks[net])
+    protocol = {"flip": dataset_spec(dataset).flip, **protocol}  # no flips where they change labels
     return Study(
         profile, dataset, dict(protocol),
         tuple(_arms(networks, pairs, dose, controls, protocol, dataset)),
@@ -157,7 +158,7 @@ def _study(profile: str, dataset: str, protocol: Mapping[str, Any],
         net, tuple(range(table6_pairs)))
 
 
-_OFFLINE = dict(epochs=30, batch_size=64, lr=0.1, width=0.125, flip=False, pad=2, eval_every=10)
+_OFFLINE = dict(epochs=30, batch_size=64, lr=0.1, width=0.125, pad=2, eval_every=10)
 #: The GPU profiles keep the paper's batch, augmentation and schedule (scaled to fewer epochs).
 _COLAB = dict(epochs=15, train_subset=15_000, eval_every=5)
 _GPU = dict(epochs=15, eval_every=5)
