@@ -28,6 +28,21 @@ def choose_profile(profiles: Mapping[str, Mapping[str, Any]], profile: str) -> d
     return dict(profiles[profile])
 
 
+def glue(name: str, value: Any) -> Any:
+    """Record ``value`` under ``name`` for the book's ``{glue:text}`` roles and return it.
+
+    Chapters glue the numbers their opening answer quotes, so that prose and computation cannot
+    drift: a role naming a key nobody glued fails the book build. Where myst-nb is not installed
+    (a notebook run in Colab) nothing is recorded and the value is only returned.
+    """
+    try:
+        from myst_nb import glue as myst_glue  # noqa: PLC0415 -- optional dependency (locolib[book])
+    except ImportError:
+        return value
+    myst_glue(name, value, display=False)
+    return value
+
+
 def read_parameters(path: str | Path) -> dict[str, Any]:
     """The literals assigned in a notebook's cell tagged ``parameters``.
 
