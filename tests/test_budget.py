@@ -39,6 +39,7 @@ def test_gpu_profiles_train_the_papers_cells(profile):
     assert all(c.batch_size == 128 and c.flip and c.pad == 4 for c in runs), "the paper's protocol"
 
 
+@pytest.mark.slow
 def test_colab_fits_an_hour_on_a_t4_and_gpu_a_few_gpu_hours():
     colab = budget.profile_summary("colab")
     assert colab["device"].startswith("NVIDIA T4") and 0.3 < colab["hours"] < 0.75

@@ -163,6 +163,7 @@ def test_bad_input_ends_in_one_clear_line(case, tmp_path, capsys):
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_message_no_lock_and_a_resumable_run(tmp_path):
     res = tmp_path / "res"
     args = [*tiny("l2", epochs=30), "--results", str(res), "--quiet", "--threads", "1",

@@ -36,6 +36,7 @@ def client():
             yield c
 
 
+@pytest.mark.slow
 def test_two_runs_on_two_workers_give_the_serial_records(client, tmp_path):
     configs = plan(["digits"], ["vgg13"], ["l2", "loco"], [0], **TINY)
     serial = run_sweep(configs, results_dir=tmp_path / "serial", progress=False, log=None)
@@ -51,6 +52,7 @@ def test_two_runs_on_two_workers_give_the_serial_records(client, tmp_path):
     assert sum(line.startswith("[") for line in lines) == 2
 
 
+@pytest.mark.slow
 def test_a_run_whose_worker_is_killed_resumes_on_another(client, tmp_path):
     (cfg,) = plan(["digits"], ["vgg13"], ["l2"], [3], **{**TINY, "epochs": 8, "checkpoint_every": 0})
     (serial,) = run_sweep([cfg], results_dir=tmp_path / "serial", progress=False, log=None)
@@ -70,6 +72,7 @@ def test_a_run_whose_worker_is_killed_resumes_on_another(client, tmp_path):
     assert _comparable(rec) == _comparable(serial)
 
 
+@pytest.mark.slow
 def test_the_sweep_command_runs_on_a_local_cluster(tmp_path, capsys, monkeypatch):
     """``--dask local`` starts a cluster bound to 127.0.0.1 (here with two workers)."""
     started = []
@@ -118,6 +121,7 @@ def test_slurm_job_script():
     assert "--gres" not in cpu and "--nworkers 16" in cpu and "GPU=" not in cpu
 
 
+@pytest.mark.slow
 def test_gpu_runs_declare_a_share_of_a_gpu(client, tmp_path):
     """On a worker without a GPU resource such a task waits; here the scheduler shows the
     declared share."""

@@ -179,6 +179,7 @@ def test_surd_bounds_and_worst_cases_by_brute_force_over_vertices(q):
         assert [worst[p] == 2 for p in co.positions(3)] == list(heaviest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("k", "q"), [(3, 2), (3, 1), (5, 2)])
 def test_bounds_invariant_under_grid_symmetries(k, q):
     maps = list(symmetries(k))
@@ -272,6 +273,7 @@ def test_exponent_findings():
         assert weakest.bound == b3[q] and (weakest.inner, weakest.outer) == rings
 
 
+@pytest.mark.slow
 def test_five_by_five_findings():
     b5 = {q: min(table(5, q).bound) for q in (1, 2, 3)}
     assert all(table(5, q).bound.map(lambda x: x > 0).all() for q in b5)

@@ -170,6 +170,7 @@ def test_augment_rejects_bad_input():
         augment_batch(torch.zeros(1, 3, 32, 32), torch.Generator(), pad=-1)
 
 
+@pytest.mark.slow
 def test_mnist5k_is_a_fixed_stratified_low_data_split():
     from locolib.data import MNIST5K_TRAIN, dataset_spec
 

@@ -17,6 +17,7 @@ from locolib.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_gpu_check_smoke(tmp_path):
     s = study("smoke")

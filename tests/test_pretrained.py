@@ -40,6 +40,7 @@ def test_3x3_kernels_of_random_models(name, layers, depthwise):
         assert any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 3) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_vgg16_has_13_3x3_kernels():
     assert len(spatial_kernels(P.build_imagenet_model("VGG16"), 3)) == 13
 

@@ -176,6 +176,7 @@ def test_run_sweep_waits_for_runs_of_dead_workers(tmp_path):
     assert [r["key"] for r in recs] == [cfg.key] and "skipped" in lines[0] and "trained" in lines[-1]
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_sweep(tmp_path):
     """Two workers started together on the same plan and folder train every run exactly once."""
     res = tmp_path / "res"

@@ -155,6 +155,7 @@ def test_choose_device():
 # --- training ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_a_complete_record(dirs, tmp_path):
     results, ck = dirs
     cfg = RunConfig("digits", "vgg13", "l2", 0, width=0.125, epochs=5, milestones=(0.6,))
@@ -261,6 +262,7 @@ def _run_interrupted(cfg, results, ck, at: tuple[str, int, int]):
 
 @pytest.mark.parametrize("at, done_epochs", [(("batch", 1, 1), 1), (("checkpoint", 1, -1), 2)],
                          ids=["mid-epoch-2", "right-after-checkpoint-2"])
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(tmp_path, at, done_epochs):
     cfg = RunConfig(**TINY, regularizer="loco", seed=5, gamma=0.6, eta=1.5)
     a = train(cfg, results_dir=tmp_path / "A", checkpoint_dir=tmp_path / "A" / "ck",
@@ -281,6 +283,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, at, done_epochs):
                     _weights(res / "m" / f"{cfg.key}.pt"))
 
 
+@pytest.mark.slow
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     cfg = RunConfig(**TINY, regularizer="l2", seed=2)
     ref = train(cfg, results_dir=tmp_path / "A", checkpoint_dir=tmp_path / "A" / "ck",
@@ -438,6 +441,7 @@ def _float16_on_the_cpu(monkeypatch):
     monkeypatch.setattr(T.TrainStep, "autocast", lambda self: T.nullcontext())
 
 
+@pytest.mark.slow
 def test_the_gradient_scaler_path_trains_records_and_resumes_exactly(tmp_path, monkeypatch):
     cfg = RunConfig(**TINY, regularizer="loco", seed=5, gamma=0.6, eta=1.5)
     plain = train(cfg, results_dir=tmp_path / "P", progress=False, model_dir=tmp_path / "P" / "m")
@@ -470,6 +474,7 @@ class _FakeClock:
         return self.now
 
 
+@pytest.mark.slow
 def test_checkpoints_follow_elapsed_time_and_resume_exactly(tmp_path, monkeypatch):
     """checkpoint_every = 50 s with 30 s per epoch: checkpoints after epochs 2 and 4, and after
     the last (5); a run interrupted in epoch 4 resumes from epoch 2 and ends bitwise equal."""
@@ -520,6 +525,7 @@ def test_the_record_times_evaluation_and_checkpoints_apart(dirs):
     assert t["images_per_wall_s"] < t["images_per_s"]
 
 
+@pytest.mark.slow
 def test_compiled_training_builds_static_graphs_in_the_first_epoch_only(tmp_path, monkeypatch):
     """200 images in batches of 64: three full batches and a partial one of 8. The graphs of
     training (64 and 8) and of the test-set evaluation are built in epoch 1, none in epochs 2
@@ -619,6 +625,7 @@ def _assert_same_run(cfg: RunConfig, now: dict, folder_now: Path, folder_before:
     _assert_bitwise(_weights(folder_now / f"{cfg.key}.pt"), _weights(folder_before / f"{cfg.key}.pt"))
 
 
+@pytest.mark.slow
 def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path, train_before):
     train_before(_BASELINE_RUNS, tmp_path / "before")
     for d in _BASELINE_RUNS:
@@ -628,6 +635,7 @@ def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path, train_before
         _assert_same_run(cfg, now, tmp_path / "now", tmp_path / "before")
 
 
+@pytest.mark.slow
 def test_checkpoints_resume_across_the_gpu_path_change(tmp_path, train_before):
     """A run interrupted by the earlier code resumes in this one, and the other way round (a
     sweep's processes may be of both), ending as an uninterrupted run."""
@@ -650,6 +658,7 @@ def test_checkpoints_resume_across_the_gpu_path_change(tmp_path, train_before):
     _assert_same_run(cfg, ref, tmp_path / "ref", tmp_path / "new-to-old")
 
 
+@pytest.mark.slow
 def test_runs_in_threads_of_one_process_give_the_serial_records(tmp_path):
     """As on a Dask worker whose threads share a GPU: each run gets its own seed's weights."""
     configs = [RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=s) for s in (0, 1, 2)]
