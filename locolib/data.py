@@ -22,7 +22,6 @@ from sklearn.model_selection import train_test_split
 
 __all__ = [
     "ImageData",
-    "DATASET_NAMES",
     "DATASETS",
     "DatasetSpec",
     "dataset_spec",
@@ -32,9 +31,6 @@ __all__ = [
     "apply_augment",
     "augment_batch",
 ]
-
-DATASET_NAMES = ("cifar10", "cifar100", "fashion_mnist", "digits")
-
 
 @dataclass
 class ImageData:
@@ -186,8 +182,6 @@ DATASETS: dict[str, DatasetSpec] = {
                            "stratified split, 100 training images per class", offline=True,
                            flip=False),
 }
-#: The built-in dataset names (:data:`DATASETS` is the registry).
-DATASET_NAMES = tuple(DATASETS)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
