@@ -36,6 +36,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def loads(text: str) -> Any:
+    """``json.loads``; JSON nested too deeply for Python's parser is a ValueError like any other
+    damaged JSON (``json`` itself raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
-        return json.load(f)
+        return loads(f.read())

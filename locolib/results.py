@@ -38,6 +38,7 @@ import torchvision
 
 import locolib
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
+from locolib.io import loads
 from locolib.kernels import stars as significance_stars  # the paper's notation, defined once
 
 __all__ = [
@@ -117,7 +118,7 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidRecord(path, f"unreadable ({err})") from None
     try:
-        rec = json.loads(text)
+        rec = loads(text)
     except ValueError as err:
         raise InvalidRecord(path, f"damaged, not valid JSON ({err})") from None
     if not isinstance(rec, dict) or "format" not in rec:
@@ -222,7 +223,7 @@ class RunLock:
         """The lock file's content (with ``age_s``), or None when there is no lock."""
         try:
             st = self.path.stat()
-            info = json.loads(self.path.read_text() or "{}")
+            info = loads(self.path.read_text() or "{}")
         except FileNotFoundError:
             return None
         except (OSError, ValueError):  # being written right now, or garbage: judge by age only
@@ -261,6 +262,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
+                if self.path.is_dir():  # not a lock anyone could hold: kept, out of the way
+                    set_aside(self.path, "a folder where the run's lock file belongs")
+                    continue
                 info = self.owner()
                 if info is None:
                     continue  # released between our attempts
@@ -315,7 +319,11 @@ class RunLock:
 
 
 def _has_owner(info: dict[str, Any]) -> bool:
-    return isinstance(info.get("pid"), int) and isinstance(info.get("host"), str)
+    """Whether the lock names a host and a pid that a process can have (a pid of 0 or below
+    would name process groups, a huge one no process at all)."""
+    pid = info.get("pid")
+    return (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
+            and isinstance(info.get("host"), str))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 from locolib import cluster
 from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
 from locolib.data import DATASETS
+from locolib.io import read_json
 from locolib.models import NETWORKS
 from locolib.progress import progress_bar, tqdm
 from locolib.reg import REGULARIZER_REGISTRY
@@ -458,7 +458,7 @@ def _main(argv: Sequence[str] | None) -> int:
     loco_params = None
     if a.loco_params is not None:
         try:
-            loco_params = json.loads(a.loco_params.read_text())
+            loco_params = read_json(a.loco_params)
         except (OSError, ValueError) as err:
             parser.error(f"--loco-params {a.loco_params}: {err}")
     try:

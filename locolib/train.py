@@ -284,13 +284,33 @@ def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- any unreadable file means "no usable checkpoint"
-        problem = f"unreadable checkpoint ({str(err).splitlines()[0]})"
+        # Only the error's type: torch's message for a file it refuses suggests loading it
+        # with weights_only=False, which would run whatever code the file holds.
+        problem = f"unreadable checkpoint (empty, truncated or not a checkpoint: {type(err).__name__})"
     else:
-        if (isinstance(state, dict) and _CHECKPOINT_KEYS <= state.keys()
-                and state["key"] == config.key and 0 < state["epoch"] <= config.epochs):
+        problem = _checkpoint_problem(state, config)
+        if problem is None:
             return state
-        problem = "checkpoint of another run"
     _reject_checkpoint(path, problem, move_invalid)
+    return None
+
+
+def _checkpoint_problem(state: Any, config: RunConfig) -> str | None:
+    """What makes ``state`` unusable as a checkpoint of ``config``, or None."""
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+        return "not a checkpoint of this code"
+    if state["key"] != config.key:
+        return "checkpoint of another run"
+    epoch, segments = state["epoch"], state["segments"]
+    if not (type(epoch) is int and 0 < epoch <= config.epochs and type(segments) is int
+            and segments > 0 and isinstance(state["model"], dict)
+            and isinstance(state["optimizer"], dict) and isinstance(state["history"], list)
+            and len(state["history"]) == epoch
+            and all(isinstance(h, dict) for h in state["history"])
+            and isinstance(state.get("elapsed_s", 0.0), (int, float))
+            and isinstance(state.get("spent", {}), dict)
+            and all(isinstance(v, float) for v in state.get("spent", {}).values())):
+        return "damaged checkpoint (fields of the wrong type or out of range)"
     return None
 
 

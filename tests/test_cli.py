@@ -139,6 +139,8 @@ BAD_INPUT = {  # case: (arguments, what the error line must name)
     "loco-params-without-eta": (lambda t: ["--loco-params", str(t / "no-eta.json")], "eta"),
     "loco-params-not-json": (lambda t: ["--loco-params", str(t / "cut.json")], "cut.json"),
     "loco-params-not-a-mapping": (lambda t: ["--loco-params", str(t / "list.json")], "must map"),
+    "loco-params-nested-too-deeply": (lambda t: ["--loco-params", str(t / "deep.json")],
+                                      "nested too deeply"),
     "a-billion-seeds": (lambda t: ["--seeds", "0-1000000000"], str(MAX_RUNS)),
 }
 
@@ -149,6 +151,7 @@ def test_bad_input_ends_in_one_clear_line(case, tmp_path, capsys):
     (tmp_path / "no-eta.json").write_text(json.dumps({"digits/vgg13": {"gamma": 0.5}}))
     (tmp_path / "cut.json").write_text('{"digits/vgg13": {"gamma": 0.5,')
     (tmp_path / "list.json").write_text("[0.5, 2.0]")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
     make_args, wanted = BAD_INPUT[case]
     start = time.perf_counter()
     with pytest.raises(SystemExit) as e:
