@@ -32,8 +32,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented, key-sorted JSON."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Atomically write ``obj`` as indented, key-sorted standard JSON (NaN and infinity, which
+    JSON has not, are a ValueError)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def loads(text: str) -> Any:

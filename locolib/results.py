@@ -139,10 +139,20 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
     if own_key != expected:
         raise InvalidRecord(path, f"its config is that of run {own_key!r}")
     final = rec.get("final")
-    if not (isinstance(final, dict) and isinstance(final.get("test_error"), (int, float))
-            and isinstance(rec.get("history"), list)):
+    if not (isinstance(final, dict) and "test_error" in final and isinstance(rec.get("history"), list)):
         raise InvalidRecord(path, "incomplete: no final test error or no history")
+    for name, high in _FINAL_RANGES.items():
+        v = final.get(name)
+        if v is None and name != "test_error":  # absent, or a float16 overflow (train_loss)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= high:
+            raise InvalidRecord(path, f"its final {name} is {v!r}, not a number in [0, {high}]")
     return rec
+
+
+#: What a record's final metrics may be (NaN and infinity are in no range).
+_FINAL_RANGES = {"test_error": 1.0, "test_acc": 1.0, "train_acc": 1.0, "test_loss": 1e300,
+                 "train_loss": 1e300}
 
 
 def set_aside(path: str | Path, reason: str) -> Path | None:

@@ -142,6 +142,18 @@ BAD_INPUT = {  # case: (arguments, what the error line must name)
     "loco-params-nested-too-deeply": (lambda t: ["--loco-params", str(t / "deep.json")],
                                       "nested too deeply"),
     "a-billion-seeds": (lambda t: ["--seeds", "0-1000000000"], str(MAX_RUNS)),
+    "width-inf": (lambda t: ["--width", "inf"], "width must lie in (0, 16]"),
+    "width-1e9": (lambda t: ["--width", "1e9"], "width must lie in"),
+    "pad-100000": (lambda t: ["--pad", "100000"], "pad must lie in [0, 32]"),
+    "lam-inf": (lambda t: ["--lam", "inf"], "lam must lie in"),
+    "lr-inf": (lambda t: ["--lr", "inf"], "lr must lie in"),
+    "momentum-inf": (lambda t: ["--momentum", "inf"], "momentum must lie in [0, 1)"),
+    "momentum-1": (lambda t: ["--momentum", "1"], "momentum must lie in [0, 1)"),
+    "lr-decay-inf": (lambda t: ["--lr-decay", "inf"], "lr_decay must lie in"),
+    "gamma-inf": (lambda t: ["--gamma", "inf"], "positive number"),
+    "gamma-of-the-wrong-length": (lambda t: ["--gamma", "0.5,0.5,0.5"], "3 per-layer values"),
+    "device-foo": (lambda t: ["--device", "foo"], "unknown device 'foo'"),
+    "device-cuda-9": (lambda t: ["--device", "cuda:9"], "CUDA device"),
 }
 
 

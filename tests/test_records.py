@@ -50,13 +50,20 @@ def _damage(kind: str, good: dict, other: dict) -> str:
         return json.dumps({**good, "format": 0})
     if kind == "another-training-version":
         return json.dumps({**good, "training_version": good["training_version"] - 1})
+    if kind.startswith("test-error-"):  # not a finite fraction: NaN, Infinity, -0.1, true
+        value = {"nan": float("nan"), "infinity": float("inf"), "negative": -0.1,
+                 "true": True, "a-string": "0.1"}[kind.removeprefix("test-error-")]
+        return json.dumps({**good, "final": {**good["final"], "test_error": value}})
+    if kind == "deeply-nested":
+        return "[" * 100_000
     if kind == "incomplete":
         return json.dumps({k: v for k, v in good.items() if k != "final"})
     raise ValueError(kind)
 
 
 KINDS = ["truncated", "not-json", "another-run", "another-format", "another-training-version",
-         "incomplete"]
+         "incomplete", "test-error-nan", "test-error-infinity", "test-error-negative",
+         "test-error-true", "test-error-a-string", "deeply-nested"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
