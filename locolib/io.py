@@ -25,8 +25,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     return path
 

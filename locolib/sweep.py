@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train (or list) a sweep of standard-L2 / LOCO-REG runs; finished runs are "
                     "skipped, interrupted ones resume. Several processes may share a results folder. "
                     "Exit status 0: every run of the plan has a result; 3: some are still being "
-                    "trained by other processes; 2: bad arguments or an unusable folder; 130: "
+                    "trained by other processes; 2: bad arguments, an unusable folder (a full "
+                    "disk, say) or a diverged run; 130: "
                     "interrupted (run the same command again to resume).",
         formatter_class=_HelpFormatter,
     )
@@ -505,6 +506,13 @@ def _main(argv: Sequence[str] | None) -> int:
                       stale_after=a.stale_after, wait=a.wait)
     except RunDiverged as err:
         print(f"locolib-sweep: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, say
+        print(f"locolib-sweep: error: {err.strerror or err}"
+              + (f": {err.filename}" if err.filename else "")
+              + f"; {_finished(configs, results)} of {len(configs)} runs have results. Fix it and "
+              "run the same command again (an interrupted run continues from its last "
+              "checkpoint).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nlocolib-sweep: interrupted; {_finished(configs, results)} of {len(configs)} runs "

@@ -735,11 +735,16 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
             if hook is not None:
                 hook("epoch", epoch, -1)
             if epoch + 1 == config.epochs or t2 - last_checkpoint >= config.checkpoint_every:
-                _save_checkpoint(ckpath, config, run, epoch + 1, history, so_far(), segments)
-                last_checkpoint = _clock()
-                checkpoint_s += last_checkpoint - t2
-                if hook is not None:
-                    hook("checkpoint", epoch, -1)
+                try:
+                    _save_checkpoint(ckpath, config, run, epoch + 1, history, so_far(), segments)
+                except OSError as err:  # a full disk, say: the run can go on without it
+                    warnings.warn(f"{ckpath}: checkpoint not written ({err.strerror or err}); "
+                                  "the run goes on", RunFileWarning, stacklevel=2)
+                else:
+                    last_checkpoint = _clock()
+                    checkpoint_s += last_checkpoint - t2
+                    if hook is not None:
+                        hook("checkpoint", epoch, -1)
             lock.heartbeat(force=True)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", train_acc=f"{metrics['train_acc']:.3f}",
                             lr=f"{metrics['lr']:.3g}")
