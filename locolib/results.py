@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 RESULTS_ENV = "LOCOLIB_RESULTS"
+#: The shortest ``stale_after`` the sweep's command line accepts: a run holds its lock without a
+#: heartbeat while it loads its data.
+MIN_STALE_AFTER = 60.0
 RECORD_FORMAT = 1
 
 
@@ -200,13 +203,15 @@ class RunLock:
     """An exclusive claim on one run: a lock file created with ``O_CREAT | O_EXCL``.
 
     The file holds JSON ``{host, pid, token, since}``; its modification time is a heartbeat the
-    owner refreshes (:meth:`heartbeat`) at least every ``heartbeat_s`` seconds while it trains.
+    owner refreshes (:meth:`heartbeat`) while it trains, every ``heartbeat_s`` seconds or a
+    quarter of ``stale_after``, whichever is less.
 
     Stale locks (the owner died: a crash, ``kill -9``, a closed Colab tab) are taken over when
 
-    * the lock names this host and its pid is no longer running (detected at once), or
-    * its heartbeat is older than ``stale_after`` seconds (any host, e.g. a shared Google Drive
-      folder written from another machine; default 15 minutes).
+    * the lock names this host and its pid is no longer running (detected at once; a lock of a
+      live process on this host is never stale, however old its heartbeat), or
+    * it names another host and its heartbeat is older than ``stale_after`` seconds (e.g. a
+      shared Google Drive folder written from another machine; default 15 minutes).
 
     A lock file without an owner (empty or damaged: its creator died between creating and
     writing it, or the disk filled up) is taken over once it is ``creating_s`` seconds old.
@@ -222,7 +227,7 @@ class RunLock:
                  creating_s: float = 5.0):
         self.path = Path(path)
         self.stale_after = float(stale_after)
-        self.heartbeat_s = float(heartbeat_s)
+        self.heartbeat_s = min(float(heartbeat_s), self.stale_after / 4)
         self.creating_s = float(creating_s)
         self.token = uuid.uuid4().hex
         self.held = False
@@ -250,11 +255,9 @@ class RunLock:
     def is_stale(self, info: dict[str, Any]) -> bool:
         if not _has_owner(info):
             return info.get("age_s", 0.0) > self.creating_s
-        if info.get("age_s", 0.0) > self.stale_after:
-            return True
-        if info.get("host") == socket.gethostname():
+        if info["host"] == socket.gethostname():
             return not _pid_alive(info["pid"])
-        return False
+        return info.get("age_s", 0.0) > self.stale_after
 
     def describe(self, info: dict[str, Any]) -> str:
         """Who holds the lock, for messages."""

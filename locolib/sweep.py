@@ -44,7 +44,14 @@ from locolib.io import read_json
 from locolib.models import NETWORKS
 from locolib.progress import progress_bar, tqdm
 from locolib.reg import REGULARIZER_REGISTRY
-from locolib.results import default_results_dir, finished_record, load_results, results_frame, significance_stars
+from locolib.results import (
+    MIN_STALE_AFTER,
+    default_results_dir,
+    finished_record,
+    load_results,
+    results_frame,
+    significance_stars,
+)
 from locolib.stats import compare
 from locolib.train import RunDiverged, RunLocked, check_device, check_per_layer, result_path, run_status, train
 
@@ -299,10 +306,11 @@ def _per_layer(text: str) -> float | tuple[float, ...]:
     return vals[0] if len(vals) == 1 else tuple(vals)
 
 
-def _positive_float(text: str) -> float:
+def _stale_after(text: str) -> float:
     v = float(text)
-    if not v > 0:
-        raise ValueError(f"{text!r} is not > 0")
+    if not MIN_STALE_AFTER <= v < math.inf:
+        raise ValueError(f"{text!r}: at least {MIN_STALE_AFTER:g} seconds (a run loading its data "
+                         "sends no heartbeat)")
     return v
 
 
@@ -408,9 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda, cuda:1, mps, cpu (default: the best available)")
     g.add_argument("--threads", type=_arg(_positive_int, "threads"), default=None,
                    help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--stale-after", type=_arg(_positive_float, "seconds"), default=900.0,
+    g.add_argument("--stale-after", type=_arg(_stale_after, "seconds"), default=900.0,
                    metavar="SECONDS",
-                   help="seconds without heartbeat after which another process's lock is taken over")
+                   help="seconds without heartbeat after which a lock of a process on another "
+                        f"host is taken over (at least {MIN_STALE_AFTER:g})")
     g.add_argument("--wait", action="store_true",
                    help="after the pass, wait for runs other processes are training")
     g.add_argument("--dry-run", action="store_true",

@@ -154,6 +154,7 @@ BAD_INPUT = {  # case: (arguments, what the error line must name)
     "lr-decay-inf": (lambda t: ["--lr-decay", "inf"], "lr_decay must lie in"),
     "gamma-inf": (lambda t: ["--gamma", "inf"], "positive number"),
     "gamma-of-the-wrong-length": (lambda t: ["--gamma", "0.5,0.5,0.5"], "3 per-layer values"),
+    "stale-after-below-the-heartbeat": (lambda t: ["--stale-after", "5"], "at least 60"),
     "device-foo": (lambda t: ["--device", "foo"], "unknown device 'foo'"),
     "device-cuda-9": (lambda t: ["--device", "cuda:9"], "CUDA device"),
 }

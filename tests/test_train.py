@@ -422,6 +422,27 @@ def test_lock_blocks_a_second_owner_and_takes_over_stale_locks(tmp_path):
     assert first.held is False
 
 
+def test_a_live_process_on_this_host_is_never_judged_stale(tmp_path):
+    import socket
+
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": "t"}))
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    with pytest.raises(RunLocked, match="held by pid"):
+        RunLock(path, stale_after=60).acquire()
+
+
+def test_the_heartbeat_comes_four_times_per_stale_after(tmp_path):
+    lock = RunLock(tmp_path / "x.lock", stale_after=0.4)
+    with lock:
+        old = time.time() - 10
+        os.utime(lock.path, (old, old))
+        time.sleep(0.15)  # more than a quarter of stale_after
+        lock.heartbeat()
+        assert time.time() - lock.path.stat().st_mtime < 1, "the heartbeat was not refreshed"
+
+
 def test_train_refuses_a_run_that_is_locked(dirs):
     results, ck = dirs
     cfg = RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=4)
