@@ -513,7 +513,7 @@ def _main(argv: Sequence[str] | None) -> int:
             run_sweep(configs, results_dir=results, checkpoint_dir=checkpoints, device=a.device,
                       progress=not a.quiet, download=not a.no_download, model_dir=a.models,
                       stale_after=a.stale_after, wait=a.wait)
-    except RunDiverged as err:
+    except (RunDiverged, ImportError) as err:  # ImportError: --dask without what it needs
         print(f"locolib-sweep: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, say
