@@ -237,6 +237,23 @@ def connect(options: ClusterOptions, device: str | None = None,
     distributed = _import("distributed")
     gpu = _uses_gpu(options, device)
     sec = security(options)
+    # Without a dashboard the scheduler still serves pages about the cluster over HTTP: none.
+    quiet = {} if options.dashboard else {"distributed.scheduler.http.routes": []}
+    with _import("dask").config.set(quiet):
+        cluster = _start(options, gpu, sec, shared_dir)
+    if cluster is None:
+        if sec is None:
+            warnings.warn(OPEN_SCHEDULER.format(address=options.address), stacklevel=3)
+        with distributed.Client(options.address, security=sec) as client:
+            yield client
+        return
+    with cluster, distributed.Client(cluster, security=sec) as client:
+        yield client
+
+
+def _start(options: ClusterOptions, gpu: bool, sec: Any, shared_dir: str | Path | None) -> Any:
+    """The cluster :func:`connect` starts (None for a running scheduler)."""
+    distributed = _import("distributed")
     if options.address == "local":
         resources = {"GPU": 1 / options.runs_per_gpu} if gpu else None
         cluster = distributed.LocalCluster(
@@ -250,13 +267,8 @@ def connect(options: ClusterOptions, device: str | None = None,
             scheduler_options={"dashboard_address": ":8787" if options.dashboard else None})
         cluster.scale(jobs=options.workers or 1)
     else:
-        if sec is None:
-            warnings.warn(OPEN_SCHEDULER.format(address=options.address), stacklevel=3)
-        with distributed.Client(options.address, security=sec) as client:
-            yield client
-        return
-    with cluster, distributed.Client(cluster, security=sec) as client:
-        yield client
+        cluster = None
+    return cluster
 
 
 def _worker_device(device: str | None, runs_per_gpu: int) -> str | None:

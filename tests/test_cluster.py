@@ -4,11 +4,14 @@ cluster the sweep starts or joins speaks TLS and refuses clients without its cre
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -146,6 +149,13 @@ def test_the_sweep_command_runs_on_a_local_cluster_over_tls(tmp_path, capsys, mo
     assert _records(res) == _serial_records(tmp_path)
 
 
+async def _handshake(address: str, security=None) -> None:
+    """Open a connection to ``address`` as a client (what distributed.Client does first)."""
+    args = security.get_connection_args("client") if security is not None else {}
+    comm = await distributed.comm.connect(address, timeout=10, **args)
+    await comm.close()
+
+
 @pytest.mark.slow
 def test_a_local_cluster_refuses_clients_without_its_credentials(tmp_path, monkeypatch,
                                                                  credentials):
@@ -157,11 +167,16 @@ def test_a_local_cluster_refuses_clients_without_its_credentials(tmp_path, monke
         assert all(w.startswith("tls://127.0.0.1:") for w in client.scheduler_info()["workers"])
         assert client.submit(sum, [1, 2]).result() == 3
         with pytest.raises(TypeError, match="TLS"):  # no credentials
-            distributed.Client(address, timeout=5)
+            asyncio.run(_handshake(address))
         with pytest.raises(OSError):  # plain TCP
-            distributed.Client(address.replace("tls://", "tcp://"), timeout=5)
+            asyncio.run(_handshake(address.replace("tls://", "tcp://")))
         with pytest.raises(OSError):  # credentials of its own
-            distributed.Client(address, security=intruder, timeout=5)
+            asyncio.run(_handshake(address, intruder))
+        asyncio.run(_handshake(address, _security(credentials)))  # the sweep's own
+        # No dashboard, nor the scheduler's other pages about the cluster.
+        port = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.http_server.port)
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/json/identity.json", timeout=10)
 
 
 @pytest.mark.slow
