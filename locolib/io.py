@@ -1,7 +1,9 @@
-"""Files that survive an interrupt: every write goes to a temporary file and is renamed."""
+"""Files that survive an interrupt (every write goes to a temporary file and is renamed), and
+reading them back: JSON, hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -52,3 +54,12 @@ def loads(text: str) -> Any:
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return loads(f.read())
+
+
+def sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -22,7 +22,6 @@ profile and the tests, which need no network).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from locolib.io import sha256
 from locolib.kernels import ConvKernel, from_onnx, ring_names, select
 from locolib.locality import TABLE4_PAIRS, table4_row
 from locolib.results import repository_root
@@ -146,15 +146,6 @@ def model_path(name: str, cache: str | Path | None = None) -> Path:
     """Where :func:`fetch` keeps the ONNX file of network ``name``."""
     net = _network(name)
     return _package_dir(net, Path(cache) if cache is not None else cache_dir()) / Path(net.member).name
-
-
-def sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def wheel_licence(wheel: str | Path) -> dict[str, object]:
