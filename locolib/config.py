@@ -98,7 +98,7 @@ class RunConfig:
     eta: PerLayer = config_field(1.0, "LOCO-REG corner weight: one number or one per spatial conv layer",
                        column=True)
     lam: float = config_field(5e-4, "L2 strength (TensorFlow's: gradient 2 * lam * w)", column=True,
-                    protocol=True, bounds="[0, 1]")
+                    protocol=True, bounds="[0, 100]")
     epochs: int = config_field(PAPER_EPOCHS, "training epochs", column=True, protocol=True,
                                bounds="[1, 100000]")
     batch_size: int = config_field(128, "batch size", column=True, protocol=True,

@@ -149,6 +149,7 @@ def test_default_results_dir(tmp_path, monkeypatch):
     ("width", 1e9, "width must lie in"),
     ("pad", 100_000, r"pad must lie in \[0, 32\]"),
     ("lam", float("inf"), "lam must lie in"),
+    ("lam", 1000.0, r"lam must lie in \[0, 100\]"),
     ("lr", float("inf"), "lr must lie in"),
     ("lr", float("nan"), "lr must lie in"),
     ("momentum", 1.0, r"momentum must lie in \[0, 1\)"),
