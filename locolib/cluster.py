@@ -5,9 +5,14 @@ after the other:
 
 * ``local``: a :class:`distributed.LocalCluster` on this machine, bound to 127.0.0.1, with one
   worker process per CPU core, or ``runs_per_gpu`` per GPU when the runs train on CUDA;
-* ``tcp://host:8786``: a scheduler that is already running, with workers started by hand
-  (``dask scheduler``, ``dask worker``);
+* ``tls://host:8786``: a scheduler that is already running, with workers started by hand
+  (``dask scheduler``, ``dask worker``) and the TLS credentials they were started with;
 * ``slurm``: workers submitted as SLURM jobs through dask-jobqueue (:func:`slurm_job_kwargs`).
+
+Whoever can talk to a Dask scheduler can run any code on its workers, as the user who started
+them. So every connection is TLS with credentials only this sweep's processes hold: ``local``
+and ``slurm`` make temporary ones (:func:`security`), a scheduler started by hand is given its
+own. A ``tcp://`` address still works, with a warning; dashboards start only when asked for.
 
 A task trains one run with :func:`locolib.train.train` in the shared results and checkpoint
 folders, so everything that makes a serial sweep safe holds here too: a finished run is never
@@ -28,6 +33,7 @@ import importlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,12 +46,15 @@ from locolib.config import RunConfig
 from locolib.results import RunLocked, default_results_dir
 from locolib.train import train
 
-__all__ = ["ClusterOptions", "add_options", "options_from_args", "describe", "connect",
+__all__ = ["ClusterOptions", "add_options", "options_from_args", "describe", "security", "connect",
            "slurm_job_kwargs", "job_script", "train_task", "submit", "collect", "run_on_dask"]
 
 #: Topic of the per-epoch progress events that tasks send to the submitting client.
 PROGRESS_TOPIC = "locolib-progress"
 _INSTALL = "Dask is needed for --dask: pip install 'locolib[cluster]'"
+OPEN_SCHEDULER = ("{address} is neither encrypted nor authenticated: anyone who can reach it "
+                  "runs code as you on its workers; start it with TLS and use tls:// "
+                  "(book/running.md)")
 
 
 def _import(name: str):
@@ -60,7 +69,7 @@ def _import(name: str):
 class ClusterOptions:
     """Where a sweep's tasks run (the ``--dask`` options of ``locolib-sweep``)."""
 
-    address: str  # "local", "slurm" or "tcp://host:port"
+    address: str  # "local", "slurm", "tls://host:port" or "tcp://host:port"
     workers: int | None = None  # local: worker processes; slurm: jobs
     runs_per_gpu: int = 1
     partition: str | None = None
@@ -68,10 +77,20 @@ class ClusterOptions:
     cores: int = 4  # per SLURM job
     memory: str = "32GB"  # per SLURM job
     walltime: str = "04:00:00"
+    tls_ca: str | None = None  # tls://: the credentials the scheduler was started with
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    dashboard: bool = False
 
     def __post_init__(self) -> None:
-        if self.address not in ("local", "slurm") and not re.fullmatch(r"tcp://[^:/]+:\d+", self.address):
-            raise ValueError(f"--dask {self.address!r}: expected local, slurm or tcp://host:port")
+        if self.address not in ("local", "slurm") and not re.fullmatch(r"(tls|tcp)://[^:/]+:\d+",
+                                                                       self.address):
+            raise ValueError(f"--dask {self.address!r}: expected local, slurm, tls://host:port "
+                             "or tcp://host:port")
+        files = (self.tls_ca, self.tls_cert, self.tls_key)
+        if any(files) and not (all(files) and self.address.startswith("tls://")):
+            raise ValueError("--dask-tls-ca, --dask-tls-cert and --dask-tls-key go together, "
+                             "with a tls:// address")
         if (self.runs_per_gpu < 1 or self.gpus < 0 or self.cores < 1
                 or (self.workers is not None and self.workers < 1)):
             raise ValueError("runs per GPU, cores and workers must be >= 1, GPUs >= 0")
@@ -84,8 +103,20 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Dask cluster (pip install 'locolib[cluster]')")
     g.add_argument("--dask", metavar="ADDRESS", default=None,
                    help="run each training run as a Dask task: local (a cluster on this machine, "
-                        "127.0.0.1), tcp://host:8786 (a running scheduler) or slurm (workers as "
-                        "SLURM jobs) (default: none, train in this process)")
+                        "127.0.0.1), tls://host:8786 (a running scheduler, with --dask-tls-*), "
+                        "slurm (workers as SLURM jobs); local and slurm encrypt with temporary TLS "
+                        "credentials; tcp://host:8786 (unencrypted, open to anyone who reaches "
+                        "it) works with a warning (default: none, train in this process)")
+    g.add_argument("--dask-tls-ca", metavar="FILE", default=None,
+                   help="tls://: the CA certificate the scheduler was started with "
+                        "(--tls-ca-file) (default: distributed's configuration)")
+    g.add_argument("--dask-tls-cert", metavar="FILE", default=None,
+                   help="tls://: this client's certificate (default: distributed's configuration)")
+    g.add_argument("--dask-tls-key", metavar="FILE", default=None,
+                   help="tls://: this client's private key (default: distributed's configuration)")
+    g.add_argument("--dask-dashboard", action="store_true",
+                   help="local and slurm: start the scheduler's web dashboard (local: on "
+                        "127.0.0.1; slurm: port 8787 of the submitting machine)")
     g.add_argument("--dask-workers", type=int, default=None,
                    help="local: worker processes (default: one per core, or runs-per-gpu per "
                         "GPU); slurm: jobs (default 1)")
@@ -102,7 +133,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def options_from_args(a: argparse.Namespace) -> ClusterOptions:
     """:class:`ClusterOptions` from parsed ``locolib-sweep`` arguments (ValueError if bad)."""
     return ClusterOptions(a.dask, a.dask_workers, a.runs_per_gpu, a.slurm_partition, a.slurm_gpus,
-                          a.slurm_cores, a.slurm_memory, a.slurm_walltime)
+                          a.slurm_cores, a.slurm_memory, a.slurm_walltime, a.dask_tls_ca,
+                          a.dask_tls_cert, a.dask_tls_key, a.dask_dashboard)
 
 
 def _uses_gpu(options: ClusterOptions, device: str | None) -> bool:
@@ -140,10 +172,10 @@ def slurm_job_kwargs(options: ClusterOptions) -> dict[str, Any]:
     return dict(queue=options.partition, cores=max(options.cores, processes), processes=processes,
                 memory=options.memory, walltime=options.walltime,
                 job_extra_directives=directives, worker_extra_args=resources,
-                job_name="locolib-sweep")
+                job_name="locolib-sweep", protocol="tls://")
 
 
-def job_script(options: ClusterOptions, scheduler: str = "tcp://scheduler:8786") -> str:
+def job_script(options: ClusterOptions, scheduler: str = "tls://scheduler:8786") -> str:
     """The batch script one SLURM worker job runs (what ``--dask slurm`` submits), rendered
     without starting anything."""
     jobqueue = _import("dask_jobqueue")
@@ -157,33 +189,86 @@ def describe(options: ClusterOptions, device: str | None = None) -> str:
     share = f", {options.runs_per_gpu} runs per GPU" if gpu else ""
     if options.address == "local":
         return (f"Dask: a local cluster on 127.0.0.1 with {_local_workers(options, gpu)} "
-                f"worker processes{share}")
+                f"worker processes{share}, TLS with temporary credentials")
     if options.address == "slurm":
-        return (f"Dask: {options.workers or 1} SLURM job(s){share}, each running:\n"
-                + job_script(options))
-    return f"Dask: the scheduler at {options.address}{share}"
+        return (f"Dask: {options.workers or 1} SLURM job(s){share}, TLS with temporary "
+                "credentials, each running:\n" + job_script(options))
+    if options.address.startswith("tcp://"):
+        return f"Dask: the scheduler at {options.address}{share}; " + OPEN_SCHEDULER.format(
+            address=options.address)
+    return f"Dask: the scheduler at {options.address}{share}, TLS"
+
+
+def security(options: ClusterOptions) -> Any:
+    """The ``distributed.Security`` of the cluster ``options`` names: for ``local`` and
+    ``slurm`` temporary credentials, made here and held by this sweep's processes only; for a
+    ``tls://`` scheduler the files of ``options`` (else distributed's configuration,
+    ``distributed.comm.tls``); for ``tcp://`` None."""
+    distributed = _import("distributed")
+    if options.address.startswith("tcp://"):
+        return None
+    if options.address.startswith("tls://"):
+        if options.tls_ca is None:
+            return distributed.Security(require_encryption=True)
+        for flag, path in (("ca", options.tls_ca), ("cert", options.tls_cert), ("key", options.tls_key)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"--dask-tls-{flag} {path}: no such file")
+        return distributed.Security(tls_ca_file=options.tls_ca, tls_client_cert=options.tls_cert,
+                                    tls_client_key=options.tls_key, require_encryption=True)
+    return _temporary_security()
+
+
+def _temporary_security() -> Any:
+    try:
+        importlib.import_module("cryptography")
+    except ImportError:
+        raise ImportError("--dask local and --dask slurm encrypt with temporary TLS credentials, "
+                          "made by the cryptography package: pip install cryptography") from None
+    return _import("distributed").security.Security.temporary()
 
 
 @contextmanager
-def connect(options: ClusterOptions, device: str | None = None) -> Iterator[Any]:
-    """A ``distributed.Client`` of the cluster ``options`` name, closed (and a cluster started
-    here shut down) on exit."""
+def connect(options: ClusterOptions, device: str | None = None,
+            shared_dir: str | Path | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` of the cluster ``options`` name, over TLS (:func:`security`),
+    closed (and a cluster started here shut down) on exit. ``shared_dir``: for ``slurm``, a
+    folder the jobs see, where their copy of the temporary credentials goes (readable by this
+    user only; default: the working directory)."""
     distributed = _import("distributed")
     gpu = _uses_gpu(options, device)
+    sec = security(options)
+    # Without a dashboard the scheduler still serves pages about the cluster over HTTP: none.
+    quiet = {} if options.dashboard else {"distributed.scheduler.http.routes": []}
+    with _import("dask").config.set(quiet):
+        cluster = _start(options, gpu, sec, shared_dir)
+    if cluster is None:
+        if sec is None:
+            warnings.warn(OPEN_SCHEDULER.format(address=options.address), stacklevel=3)
+        with distributed.Client(options.address, security=sec) as client:
+            yield client
+        return
+    with cluster, distributed.Client(cluster, security=sec) as client:
+        yield client
+
+
+def _start(options: ClusterOptions, gpu: bool, sec: Any, shared_dir: str | Path | None) -> Any:
+    """The cluster :func:`connect` starts (None for a running scheduler)."""
+    distributed = _import("distributed")
     if options.address == "local":
         resources = {"GPU": 1 / options.runs_per_gpu} if gpu else None
         cluster = distributed.LocalCluster(
             n_workers=_local_workers(options, gpu), threads_per_worker=1, processes=True,
-            host="127.0.0.1", dashboard_address="127.0.0.1:0", resources=resources)
+            host="127.0.0.1", protocol="tls://", security=sec, resources=resources,
+            dashboard_address="127.0.0.1:0" if options.dashboard else None)
     elif options.address == "slurm":
-        cluster = _import("dask_jobqueue").SLURMCluster(**slurm_job_kwargs(options))
+        cluster = _import("dask_jobqueue").SLURMCluster(
+            **slurm_job_kwargs(options), security=sec,
+            shared_temp_directory=str(shared_dir) if shared_dir is not None else None,
+            scheduler_options={"dashboard_address": ":8787" if options.dashboard else None})
         cluster.scale(jobs=options.workers or 1)
     else:
-        with distributed.Client(options.address) as client:
-            yield client
-        return
-    with cluster, distributed.Client(cluster) as client:
-        yield client
+        cluster = None
+    return cluster
 
 
 def _worker_device(device: str | None, runs_per_gpu: int) -> str | None:
@@ -273,8 +358,9 @@ def run_on_dask(configs: Sequence[RunConfig], options: ClusterOptions,
     all their records in plan order (the ``--dask`` path of ``locolib-sweep``).
     ``train_kwargs``: ``checkpoint_dir``, ``model_dir``, ``stale_after``, ``download`` of
     :func:`submit`."""
-    with connect(options, device) as client:
-        gpu = None if options.address.startswith("tcp://") else _uses_gpu(options, device)
+    shared = train_kwargs.get("checkpoint_dir") or Path(results_dir or default_results_dir()) / "checkpoints"
+    with connect(options, device, shared_dir=shared) as client:
+        gpu = None if "://" in options.address else _uses_gpu(options, device)
         futures = submit(client, configs, results_dir, device=device,
                          runs_per_gpu=options.runs_per_gpu, gpu=gpu, threads=threads or 1,
                          **train_kwargs)

@@ -9,7 +9,10 @@ Every field carries metadata, and everything else that lists fields is derived f
   a default leaves every existing key unchanged; changing training semantics means raising
   :data:`TRAINING_VERSION`, which changes every key (old records are then not reused);
 * ``column``: shown as a column of :func:`locolib.results.load_results`;
-* ``protocol``: must agree between the arms of one comparison (:mod:`locolib.stats`).
+* ``protocol``: must agree between the arms of one comparison (:mod:`locolib.stats`);
+* ``bounds``: for a number, the interval it must lie in, e.g. ``"[0, 1)"`` (an open end at
+  ``inf`` refuses infinity; NaN lies in no interval). :func:`check_value` is the one check, of
+  :class:`RunConfig` and of the sweep's options.
 
 Adding a field is one line here; give it a default that reproduces the old behaviour.
 """
@@ -20,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +45,7 @@ __all__ = [
     "field_default",
     "field_info",
     "config_field",
+    "check_value",
 ]
 
 #: Raised whenever a change to the training code changes what a run computes for the same
@@ -65,9 +70,9 @@ PerLayer = float | tuple[float, ...]
 
 def config_field(default: Any = dataclasses.MISSING, help: str = "", *, hashed: bool = True,
        column: bool = False, protocol: bool = False, cli: bool = True,
-       choices: tuple | None = None) -> Any:
+       choices: tuple | None = None, bounds: str | None = None) -> Any:
     meta = {"help": help, "hashed": hashed, "column": column, "protocol": protocol, "cli": cli,
-            "choices": choices}
+            "choices": choices, "bounds": bounds}
     if isinstance(default, tuple) and default:
         return field(default_factory=lambda d=default: d, metadata=meta)
     return field(default=default, metadata=meta)
@@ -87,41 +92,46 @@ class RunConfig:
     regularizer: str = config_field(help="a name in locolib.reg.REGULARIZER_REGISTRY", column=True,
                                cli=False)
     seed: int = config_field(help="seed of initialisation, batch order and augmentation", column=True,
-                   cli=False)
+                   cli=False, bounds="[0, inf)")
     gamma: PerLayer = config_field(1.0, "LOCO-REG centre weight: one number or one per spatial conv layer",
                          column=True)
     eta: PerLayer = config_field(1.0, "LOCO-REG corner weight: one number or one per spatial conv layer",
                        column=True)
     lam: float = config_field(5e-4, "L2 strength (TensorFlow's: gradient 2 * lam * w)", column=True,
-                    protocol=True)
-    epochs: int = config_field(PAPER_EPOCHS, "training epochs", column=True, protocol=True)
-    batch_size: int = config_field(128, "batch size", column=True, protocol=True)
-    lr: float = config_field(0.1, "initial learning rate", column=True, protocol=True)
-    momentum: float = config_field(0.9, "SGD momentum", protocol=True)
-    lr_decay: float = config_field(0.316, "learning-rate factor at each milestone", protocol=True)
+                    protocol=True, bounds="[0, 100]")
+    epochs: int = config_field(PAPER_EPOCHS, "training epochs", column=True, protocol=True,
+                               bounds="[1, 100000]")
+    batch_size: int = config_field(128, "batch size", column=True, protocol=True,
+                                   bounds="[1, 1000000]")
+    lr: float = config_field(0.1, "initial learning rate", column=True, protocol=True,
+                             bounds="(0, 10]")
+    momentum: float = config_field(0.9, "SGD momentum", protocol=True, bounds="[0, 1)")
+    lr_decay: float = config_field(0.316, "learning-rate factor at each milestone", protocol=True,
+                                   bounds="(0, 1]")
     milestones: tuple[float, ...] = config_field(PAPER_MILESTONES, "decay points as fractions of epochs",
                                        protocol=True, cli=False)
-    width: float = config_field(1.0, "channel-width multiplier", column=True, protocol=True)
+    width: float = config_field(1.0, "channel-width multiplier", column=True, protocol=True,
+                                bounds="(0, 16]")
     kernel_size: int = config_field(3, "spatial kernel size (5: the paper's 5x5 variant)", column=True,
-                          protocol=True, choices=(3, 5, 7))
+                          protocol=True, choices=(3, 5, 7), bounds="[1, 15]")
     init: str = config_field("torch", "weight initialisation", column=True, protocol=True, choices=INITS)
     flip: bool = config_field(True, "random horizontal flips (off for digits: a flipped digit is another)",
                     protocol=True)
     pad: int = config_field(4, "random shifts of up to pad pixels (crop of the zero-padded image)",
-                  protocol=True)
+                  protocol=True, bounds="[0, 32]")
     train_subset: int | None = config_field(None, "train on a fixed random subset of this many images",
-                                  column=True, protocol=True)
+                                  column=True, protocol=True, bounds="[1, inf)")
     data_seed: int = config_field(0, "seed of the train/test split (where the dataset has one) and subset",
-                        protocol=True)
+                        protocol=True, bounds="[0, inf)")
     amp: bool = config_field(True, "mixed precision on CUDA")
     amp_cpu: bool = config_field(False, "bf16 autocast on the CPU (slow on most CPUs)")
     channels_last: bool = config_field(True, "train in channels_last (see locolib.train.memory_format)")
     compile: bool = config_field(False, "torch.compile the model", hashed=False)
     eval_every: int = config_field(1, "evaluate on the test set every this many epochs (and after the last)",
-                         hashed=False)
+                         hashed=False, bounds="[1, inf)")
     checkpoint_every: float = config_field(
         60.0, "seconds of training between checkpoints (taken at the end of an epoch; and after "
-        "the last)", hashed=False)
+        "the last)", hashed=False, bounds="[0, inf)")
     data_root: str = config_field("data", "folder of downloaded datasets", hashed=False)
 
     def __post_init__(self) -> None:
@@ -130,19 +140,9 @@ class RunConfig:
             raise ValueError(f"unknown regularizer {self.regularizer!r}; choose one of "
                              f"{list(REGULARIZER_REGISTRY)} (or register one in "
                              "locolib.reg.REGULARIZER_REGISTRY)")
-        for name in ("seed", "epochs", "batch_size", "kernel_size", "pad", "data_seed", "eval_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            set_(name, int(v))
-        if self.seed < 0 or self.data_seed < 0:
-            raise ValueError("seed and data_seed must be >= 0")
-        if self.epochs < 1 or self.batch_size < 1 or self.pad < 0 or self.eval_every < 1:
-            raise ValueError("epochs, batch_size and eval_every must be >= 1, pad >= 0")
-        for name in ("lam", "lr", "momentum", "lr_decay", "width", "checkpoint_every"):
-            set_(name, float(getattr(self, name)))
-        if not self.width > 0 or not self.lr > 0 or self.lam < 0 or self.checkpoint_every < 0:
-            raise ValueError("width and lr must be > 0, lam and checkpoint_every >= 0")
+        for f in dataclasses.fields(self):
+            if f.metadata.get("bounds") is not None:
+                set_(f.name, check_value(f.name, getattr(self, f.name)))
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         for name in ("gamma", "eta"):
@@ -157,10 +157,6 @@ class RunConfig:
         if any(not 0 < m <= 1 for m in ms) or list(ms) != sorted(ms):
             raise ValueError(f"milestones must be increasing fractions in (0, 1], got {ms}")
         set_("milestones", ms)
-        if self.train_subset is not None:
-            if int(self.train_subset) < 1:
-                raise ValueError("train_subset must be >= 1 or None")
-            set_("train_subset", int(self.train_subset))
         set_("data_root", str(self.data_root))
 
     # -- identity ---------------------------------------------------------------------------
@@ -196,6 +192,26 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+def check_value(name: str, value: Any) -> Any:
+    """``value`` as field ``name`` of :class:`RunConfig` holds it (an int or a float), or a
+    TypeError / ValueError naming the field: of the field's type and within its ``bounds``."""
+    f = _field(name)
+    if value is None and f.default is None:
+        return None
+    kind = typing.get_type_hints(RunConfig)[name]
+    integer = kind is int or int in typing.get_args(kind)
+    if isinstance(value, bool) or not isinstance(
+            value, (int, np.integer) if integer else (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+    value = int(value) if integer else float(value)
+    bounds = f.metadata["bounds"]
+    low, high = (float(x) for x in bounds[1:-1].split(","))
+    if not ((value > low if bounds[0] == "(" else value >= low)
+            and (value < high if bounds[-1] == ")" else value <= high)):
+        raise ValueError(f"{name} must lie in {bounds}, got {value}")
+    return value
+
+
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -208,13 +224,17 @@ def config_fields(flag: str | None = None) -> tuple[str, ...]:
 
 def field_default(name: str) -> Any:
     """The default of field ``name`` (``dataclasses.MISSING`` for the four key fields)."""
-    return _default(next(f for f in dataclasses.fields(RunConfig) if f.name == name))
+    return _default(_field(name))
 
 
 def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def _field(name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(RunConfig) if f.name == name)
+
+
 def field_info(name: str) -> dict[str, Any]:
-    """The metadata of field ``name`` (help, hashed, column, protocol, cli, choices)."""
-    return dict(next(f for f in dataclasses.fields(RunConfig) if f.name == name).metadata)
+    """The metadata of field ``name`` (help, hashed, column, protocol, cli, choices, bounds)."""
+    return dict(_field(name).metadata)

@@ -1,7 +1,9 @@
-"""Files that survive an interrupt: every write goes to a temporary file and is renamed."""
+"""Files that survive an interrupt (every write goes to a temporary file and is renamed), and
+reading them back: JSON, hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -25,17 +27,39 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     return path
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented, key-sorted JSON."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Atomically write ``obj`` as indented, key-sorted standard JSON (NaN and infinity, which
+    JSON has not, are a ValueError)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def loads(text: str) -> Any:
+    """``json.loads``; JSON nested too deeply for Python's parser is a ValueError like any other
+    damaged JSON (``json`` itself raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
-        return json.load(f)
+        return loads(f.read())
+
+
+def sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

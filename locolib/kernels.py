@@ -300,11 +300,22 @@ def from_onnx(model: str | Path | Any) -> list[ConvKernel]:
     ``square == False``: they are not k x k matrices, so :func:`select` leaves them out and a
     chapter reports them apart. 1 x 1 convolutions, ``ConvTranspose``, quantised ``ConvInteger``
     and convolutions that are not 2-D are not spatial k x k kernels and are not returned. A
-    ``Conv`` whose weight is computed at run time is an error.
+    ``Conv`` whose weight is computed at run time is an error, and so is a file that is not an
+    ONNX model (an empty one, say).
     """
     import onnx  # noqa: PLC0415 -- optional dependency (locolib[book])
 
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        from google.protobuf.message import DecodeError  # noqa: PLC0415 -- onnx's dependency
+
+        try:
+            proto = onnx.load(str(model))
+        except DecodeError as err:
+            raise ValueError(f"{model}: not an ONNX model ({err})") from None
+        if proto.ir_version == 0:  # every ONNX file states its IR version; an empty one parses
+            raise ValueError(f"{model}: not an ONNX model (empty, or no IR version)")
     graph = proto.graph
     values = _onnx_constants(graph)
     out = []

@@ -10,14 +10,20 @@ depth-wise kernels and squeeze-excitation blocks.
 :func:`load_imagenet_model` uses weights already in the torch hub cache
 (``torch.hub.get_dir()/checkpoints``) without touching the network; otherwise, if downloads are
 allowed, it first checks within a few seconds that the download host is reachable and only then
-downloads. Whatever fails is reported, not raised, as :class:`Loaded` with ``model=None`` and
-the reason, so a chapter can say plainly what it skipped and why. The layers W_l of Eq. 7.1 of
+downloads. Either way the file is trusted only as far as it is checked: its SHA-256 must begin
+with the digits torchvision publishes in its name (``resnet50-0676ba61.pth``), and it is read
+with ``torch.load(weights_only=True)``, which unpickles tensors and nothing that runs code
+(torchvision's own loader does neither for a file already cached). Whatever fails is reported,
+not raised, as :class:`Loaded` with ``model=None`` and the reason, so a chapter can say plainly
+what it skipped and why. The layers W_l of Eq. 7.1 of
 a loaded model are ``locolib.kernels.spatial_kernels(model, 3)`` (depth-wise included, 1 x k and
 k x 1 kernels left out).
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import socket
 import threading
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from locolib.io import sha256
 from locolib.kernels import spatial_kernels
 from locolib.locality import table4_row
 
@@ -38,6 +45,7 @@ __all__ = [
     "Loaded",
     "weights_enum",
     "cached_weights_path",
+    "published_hash",
     "host_reachable",
     "build_imagenet_model",
     "load_imagenet_model",
@@ -90,6 +98,43 @@ def cached_weights_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum(name).url).path).name
 
 
+def published_hash(path: str | Path) -> str:
+    """The start of the SHA-256 that torchvision publishes in a weights file's name
+    (``vgg16-397923af.pth`` -> ``397923af``)."""
+    m = re.fullmatch(r".+-([0-9a-f]{8,64})\.pth", Path(path).name)
+    if m is None:
+        raise ValueError(f"{Path(path).name}: no published hash in the file name")
+    return m.group(1)
+
+
+#: What torchvision's builders set when they load ImageNet weights (its inception_v3 builder).
+_PRETRAINED_KWARGS = {"inception_v3": {"transform_input": True, "aux_logits": True,
+                                       "init_weights": False}}
+#: Keys of torchvision's DenseNet files from before '.' left module names ("norm.1" ->
+#: "norm1"); its densenet builder renames them so.
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _load_checked(arch: str, path: Path) -> nn.Module:
+    """Architecture ``arch`` with the weights file ``path``, checked against its published
+    hash and unpickled with ``weights_only=True``; ValueError (one line) if the file is not
+    torchvision's."""
+    expected, actual = published_hash(path), sha256(path)
+    if not actual.startswith(expected):
+        raise ValueError(f"{path} is not torchvision's file: its SHA-256 begins {actual[:len(expected)]}, "
+                         f"not {expected} (delete it to download it again)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message would suggest weights_only=False
+        raise ValueError(f"{path} holds more than tensors; not loaded") from None
+    if arch.startswith("densenet"):
+        state = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+    model = tvm.get_model(arch, weights=None, **_PRETRAINED_KWARGS.get(arch, {}))
+    model.load_state_dict(state)
+    return model
+
+
 def host_reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds.
 
@@ -137,23 +182,28 @@ def load_imagenet_model(name: str, pretrained: bool = True, allow_download: bool
     arch, _ = _arch(name)
     if not pretrained:
         return Loaded(name, arch, build_imagenet_model(name), "random init")
-    weights = weights_enum(name)
+    url = weights_enum(name).url
     path = cached_weights_path(name)
     if path.is_file():
         source = "cache"
     elif not allow_download:
         return Loaded(name, arch, None, "skipped",
                       f"weights not in the torch hub cache ({path}) and downloads are disabled")
-    elif not host_reachable(weights.url, timeout):
+    elif not host_reachable(url, timeout):
         return Loaded(name, arch, None, "skipped",
                       f"weights not in the torch hub cache ({path}) and "
-                      f"{urlparse(weights.url).hostname} is not reachable (no internet)")
+                      f"{urlparse(url).hostname} is not reachable (no internet)")
     else:
         source = "download"
     try:
-        model = tvm.get_model(arch, weights=weights, progress=False)
-    except Exception as err:  # noqa: BLE001 -- a failed download or a corrupt file: report it
-        return Loaded(name, arch, None, "skipped", f"loading the weights failed: {err}")
+        if source == "download":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=published_hash(path),
+                                           progress=False)
+        model = _load_checked(arch, path)
+    except Exception as err:  # noqa: BLE001 -- a failed download or a damaged file: report it
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        return Loaded(name, arch, None, "skipped", f"loading the weights failed: {first}")
     return Loaded(name, arch, model.eval(), source)
 
 

@@ -38,6 +38,7 @@ import torchvision
 
 import locolib
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
+from locolib.io import loads
 from locolib.kernels import stars as significance_stars  # the paper's notation, defined once
 
 __all__ = [
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 RESULTS_ENV = "LOCOLIB_RESULTS"
+#: The shortest ``stale_after`` the sweep's command line accepts: a run holds its lock without a
+#: heartbeat while it loads its data.
+MIN_STALE_AFTER = 60.0
 RECORD_FORMAT = 1
 
 
@@ -117,7 +121,7 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidRecord(path, f"unreadable ({err})") from None
     try:
-        rec = json.loads(text)
+        rec = loads(text)
     except ValueError as err:
         raise InvalidRecord(path, f"damaged, not valid JSON ({err})") from None
     if not isinstance(rec, dict) or "format" not in rec:
@@ -138,10 +142,20 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
     if own_key != expected:
         raise InvalidRecord(path, f"its config is that of run {own_key!r}")
     final = rec.get("final")
-    if not (isinstance(final, dict) and isinstance(final.get("test_error"), (int, float))
-            and isinstance(rec.get("history"), list)):
+    if not (isinstance(final, dict) and "test_error" in final and isinstance(rec.get("history"), list)):
         raise InvalidRecord(path, "incomplete: no final test error or no history")
+    for name, high in _FINAL_RANGES.items():
+        v = final.get(name)
+        if v is None and name != "test_error":  # absent, or a float16 overflow (train_loss)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= high:
+            raise InvalidRecord(path, f"its final {name} is {v!r}, not a number in [0, {high}]")
     return rec
+
+
+#: What a record's final metrics may be (NaN and infinity are in no range).
+_FINAL_RANGES = {"test_error": 1.0, "test_acc": 1.0, "train_acc": 1.0, "test_loss": 1e300,
+                 "train_loss": 1e300}
 
 
 def set_aside(path: str | Path, reason: str) -> Path | None:
@@ -189,13 +203,15 @@ class RunLock:
     """An exclusive claim on one run: a lock file created with ``O_CREAT | O_EXCL``.
 
     The file holds JSON ``{host, pid, token, since}``; its modification time is a heartbeat the
-    owner refreshes (:meth:`heartbeat`) at least every ``heartbeat_s`` seconds while it trains.
+    owner refreshes (:meth:`heartbeat`) while it trains, every ``heartbeat_s`` seconds or a
+    quarter of ``stale_after``, whichever is less.
 
     Stale locks (the owner died: a crash, ``kill -9``, a closed Colab tab) are taken over when
 
-    * the lock names this host and its pid is no longer running (detected at once), or
-    * its heartbeat is older than ``stale_after`` seconds (any host, e.g. a shared Google Drive
-      folder written from another machine; default 15 minutes).
+    * the lock names this host and its pid is no longer running (detected at once; a lock of a
+      live process on this host is never stale, however old its heartbeat), or
+    * it names another host and its heartbeat is older than ``stale_after`` seconds (e.g. a
+      shared Google Drive folder written from another machine; default 15 minutes).
 
     A lock file without an owner (empty or damaged: its creator died between creating and
     writing it, or the disk filled up) is taken over once it is ``creating_s`` seconds old.
@@ -211,7 +227,7 @@ class RunLock:
                  creating_s: float = 5.0):
         self.path = Path(path)
         self.stale_after = float(stale_after)
-        self.heartbeat_s = float(heartbeat_s)
+        self.heartbeat_s = min(float(heartbeat_s), self.stale_after / 4)
         self.creating_s = float(creating_s)
         self.token = uuid.uuid4().hex
         self.held = False
@@ -222,7 +238,7 @@ class RunLock:
         """The lock file's content (with ``age_s``), or None when there is no lock."""
         try:
             st = self.path.stat()
-            info = json.loads(self.path.read_text() or "{}")
+            info = loads(self.path.read_text() or "{}")
         except FileNotFoundError:
             return None
         except (OSError, ValueError):  # being written right now, or garbage: judge by age only
@@ -239,11 +255,9 @@ class RunLock:
     def is_stale(self, info: dict[str, Any]) -> bool:
         if not _has_owner(info):
             return info.get("age_s", 0.0) > self.creating_s
-        if info.get("age_s", 0.0) > self.stale_after:
-            return True
-        if info.get("host") == socket.gethostname():
+        if info["host"] == socket.gethostname():
             return not _pid_alive(info["pid"])
-        return False
+        return info.get("age_s", 0.0) > self.stale_after
 
     def describe(self, info: dict[str, Any]) -> str:
         """Who holds the lock, for messages."""
@@ -261,6 +275,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
+                if self.path.is_dir():  # not a lock anyone could hold: kept, out of the way
+                    set_aside(self.path, "a folder where the run's lock file belongs")
+                    continue
                 info = self.owner()
                 if info is None:
                     continue  # released between our attempts
@@ -315,7 +332,11 @@ class RunLock:
 
 
 def _has_owner(info: dict[str, Any]) -> bool:
-    return isinstance(info.get("pid"), int) and isinstance(info.get("host"), str)
+    """Whether the lock names a host and a pid that a process can have (a pid of 0 or below
+    would name process groups, a huge one no process at all)."""
+    pid = info.get("pid")
+    return (isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
+            and isinstance(info.get("host"), str))
 
 
 def _pid_alive(pid: int) -> bool:

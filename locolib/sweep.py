@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import math
 import os
 import sys
 import time
@@ -30,14 +30,30 @@ from typing import Any
 import torch
 
 from locolib import cluster
-from locolib.config import LOCO_DEFAULT, REGULARIZERS, RunConfig, config_fields, field_default, field_info
+from locolib.config import (
+    LOCO_DEFAULT,
+    REGULARIZERS,
+    RunConfig,
+    check_value,
+    config_fields,
+    field_default,
+    field_info,
+)
 from locolib.data import DATASETS
+from locolib.io import read_json
 from locolib.models import NETWORKS
 from locolib.progress import progress_bar, tqdm
 from locolib.reg import REGULARIZER_REGISTRY
-from locolib.results import default_results_dir, finished_record, load_results, results_frame, significance_stars
+from locolib.results import (
+    MIN_STALE_AFTER,
+    default_results_dir,
+    finished_record,
+    load_results,
+    results_frame,
+    significance_stars,
+)
 from locolib.stats import compare
-from locolib.train import RunLocked, result_path, run_status, train
+from locolib.train import RunDiverged, RunLocked, check_device, check_per_layer, result_path, run_status, train
 
 __all__ = [
     "plan",
@@ -131,6 +147,7 @@ def plan(
             extra = {**loco_common, **_loco_for(loco_params, dataset, network)}
         cfg = RunConfig(dataset=dataset, network=network, regularizer=reg, seed=seed,
                         **common, **extra)
+        check_per_layer(cfg)
         if cfg.key not in seen:
             seen.add(cfg.key)
             out.append(cfg)
@@ -284,29 +301,16 @@ def _arg(fn, what: str):
 
 def _per_layer(text: str) -> float | tuple[float, ...]:
     vals = [float(v) for v in text.split(",") if v.strip()]
-    if not vals or any(not v > 0 for v in vals):
+    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
         raise ValueError(f"{text!r}: expected a positive number or a comma-separated list of them")
     return vals[0] if len(vals) == 1 else tuple(vals)
 
 
-def _positive_float(text: str) -> float:
+def _stale_after(text: str) -> float:
     v = float(text)
-    if not v > 0:
-        raise ValueError(f"{text!r} is not > 0")
-    return v
-
-
-def _nonnegative_float(text: str) -> float:
-    v = float(text)
-    if not v >= 0:
-        raise ValueError(f"{text!r} is not >= 0")
-    return v
-
-
-def _nonnegative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise ValueError(f"{text!r} is not >= 0")
+    if not MIN_STALE_AFTER <= v < math.inf:
+        raise ValueError(f"{text!r}: at least {MIN_STALE_AFTER:g} seconds (a run loading its data "
+                         "sends no heartbeat)")
     return v
 
 
@@ -330,16 +334,16 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _option_type(name: str):
-    """The argparse type of RunConfig field ``name``, from its default."""
+    """The argparse type of RunConfig field ``name``: a number is parsed and checked by
+    :func:`locolib.config.check_value`, as RunConfig checks it."""
     default = field_default(name)
     if name in ("gamma", "eta"):
         return _arg(_per_layer, name)
     if isinstance(default, bool):
         return _arg(_bool, name)
-    if name == "train_subset" or isinstance(default, int):
-        return _arg(_positive_int if name not in ("pad", "data_seed") else _nonnegative_int, name)
-    if isinstance(default, float):
-        return _arg(_positive_float if name not in ("lam", "checkpoint_every") else _nonnegative_float, name)
+    if name == "train_subset" or isinstance(default, (int, float)):
+        kind = float if isinstance(default, float) else int
+        return _arg(lambda text: check_value(name, kind(text)), name)
     return str
 
 
@@ -361,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train (or list) a sweep of standard-L2 / LOCO-REG runs; finished runs are "
                     "skipped, interrupted ones resume. Several processes may share a results folder. "
                     "Exit status 0: every run of the plan has a result; 3: some are still being "
-                    "trained by other processes; 2: bad arguments or an unusable folder; 130: "
+                    "trained by other processes; 2: bad arguments, an unusable folder (a full "
+                    "disk, say) or a diverged run; 130: "
                     "interrupted (run the same command again to resume).",
         formatter_class=_HelpFormatter,
     )
@@ -411,9 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda, cuda:1, mps, cpu (default: the best available)")
     g.add_argument("--threads", type=_arg(_positive_int, "threads"), default=None,
                    help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--stale-after", type=_arg(_positive_float, "seconds"), default=900.0,
+    g.add_argument("--stale-after", type=_arg(_stale_after, "seconds"), default=900.0,
                    metavar="SECONDS",
-                   help="seconds without heartbeat after which another process's lock is taken over")
+                   help="seconds without heartbeat after which a lock of a process on another "
+                        f"host is taken over (at least {MIN_STALE_AFTER:g})")
     g.add_argument("--wait", action="store_true",
                    help="after the pass, wait for runs other processes are training")
     g.add_argument("--dry-run", action="store_true",
@@ -458,7 +464,7 @@ def _main(argv: Sequence[str] | None) -> int:
     loco_params = None
     if a.loco_params is not None:
         try:
-            loco_params = json.loads(a.loco_params.read_text())
+            loco_params = read_json(a.loco_params)
         except (OSError, ValueError) as err:
             parser.error(f"--loco-params {a.loco_params}: {err}")
     try:
@@ -472,6 +478,11 @@ def _main(argv: Sequence[str] | None) -> int:
             options = cluster.options_from_args(a)
         except ValueError as err:
             parser.error(str(err))
+    if a.device is not None:
+        try:  # a cluster's workers may have devices this machine has not
+            check_device(a.device, here=options is None or options.address == "local")
+        except ValueError as err:
+            parser.error(f"--device: {err}")
     total = len(configs)
     if a.shard is not None:
         configs = shard(configs, *a.shard)
@@ -502,6 +513,16 @@ def _main(argv: Sequence[str] | None) -> int:
             run_sweep(configs, results_dir=results, checkpoint_dir=checkpoints, device=a.device,
                       progress=not a.quiet, download=not a.no_download, model_dir=a.models,
                       stale_after=a.stale_after, wait=a.wait)
+    except (RunDiverged, ImportError) as err:  # ImportError: --dask without what it needs
+        print(f"locolib-sweep: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, say
+        print(f"locolib-sweep: error: {err.strerror or err}"
+              + (f": {err.filename}" if err.filename else "")
+              + f"; {_finished(configs, results)} of {len(configs)} runs have results. Fix it and "
+              "run the same command again (an interrupted run continues from its last "
+              "checkpoint).", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\nlocolib-sweep: interrupted; {_finished(configs, results)} of {len(configs)} runs "
               "have results, locks are released. Run the same command again to resume (an "

@@ -27,6 +27,7 @@ w += v``. The two agree while lr is constant and differ only briefly after each 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import threading
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from locolib.config import PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION, RunConfig
-from locolib.data import augment_batch, load_dataset
+from locolib.data import DATASETS, augment_batch, load_dataset
 from locolib.io import atomic_write_bytes, write_json
 from locolib.models import build_model
 from locolib.progress import progress_bar
@@ -69,6 +70,8 @@ __all__ = [
     "dose_matched_lam",
     "paper_dose",
     "choose_device",
+    "check_device",
+    "check_per_layer",
     "autocast_dtype",
     "training_dtype",
     "compile_model",
@@ -82,6 +85,7 @@ __all__ = [
     "run_status",
     "default_results_dir",
     "RunLocked",
+    "RunDiverged",
     "weight_stats",
 ]
 
@@ -140,9 +144,10 @@ def dose_matched_lam(config: RunConfig, n_train: int, dose: float) -> float:
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA if available, else Apple MPS if available, else CPU."""
+    """``device`` if given (a ValueError if this machine has no such device), else CUDA if
+    available, else Apple MPS if available, else CPU."""
     if device is not None:
-        device = torch.device(device)
+        device = check_device(device)
         if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:<current>", so that
             device = torch.device("cuda", torch.cuda.current_device())  # device checks compare equal
         return device
@@ -152,6 +157,50 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(device: str | torch.device, here: bool = True) -> torch.device:
+    """``device`` as a torch.device, or a ValueError saying what is wrong with it: not a device
+    name torch trains on, or (``here``) not a device of this machine."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N or mps")
+    if here and dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise ValueError(f"device {str(device)!r}: this machine has {n} CUDA device(s)"
+                             + ("" if n else "; use cpu"))
+    mps = getattr(torch.backends, "mps", None)
+    if here and dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device {str(device)!r}: this machine has no Apple MPS device; use cpu")
+    return dev
+
+
+def check_per_layer(config: RunConfig) -> None:
+    """A ValueError unless ``config``'s per-layer ``gamma``/``eta`` give one value per spatial
+    convolution of its network (checked when a plan is made, before anything trains)."""
+    lengths = {name: len(v) for name in ("gamma", "eta")
+               if isinstance(v := getattr(config, name), tuple)}
+    if not lengths:
+        return
+    n = _spatial_conv_count(config.dataset, config.network, config.width, config.kernel_size)
+    for name, length in lengths.items():
+        if length != n:
+            raise ValueError(f"{name} has {length} per-layer values but {config.network} "
+                             f"(width {config.width:g}, {config.kernel_size}x{config.kernel_size}) "
+                             f"has {n} spatial convolutions")
+
+
+@functools.lru_cache(maxsize=64)
+def _spatial_conv_count(dataset: str, network: str, width: float, kernel_size: int) -> int:
+    spec = DATASETS[dataset]
+    with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+        model = build_model(network, spec.num_classes, in_channels=spec.channels, width=width,
+                            kernel_size=kernel_size)
+    return len(spatial_convs(model))
 
 
 def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
@@ -284,13 +333,33 @@ def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- any unreadable file means "no usable checkpoint"
-        problem = f"unreadable checkpoint ({str(err).splitlines()[0]})"
+        # Only the error's type: torch's message for a file it refuses suggests loading it
+        # with weights_only=False, which would run whatever code the file holds.
+        problem = f"unreadable checkpoint (empty, truncated or not a checkpoint: {type(err).__name__})"
     else:
-        if (isinstance(state, dict) and _CHECKPOINT_KEYS <= state.keys()
-                and state["key"] == config.key and 0 < state["epoch"] <= config.epochs):
+        problem = _checkpoint_problem(state, config)
+        if problem is None:
             return state
-        problem = "checkpoint of another run"
     _reject_checkpoint(path, problem, move_invalid)
+    return None
+
+
+def _checkpoint_problem(state: Any, config: RunConfig) -> str | None:
+    """What makes ``state`` unusable as a checkpoint of ``config``, or None."""
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+        return "not a checkpoint of this code"
+    if state["key"] != config.key:
+        return "checkpoint of another run"
+    epoch, segments = state["epoch"], state["segments"]
+    if not (type(epoch) is int and 0 < epoch <= config.epochs and type(segments) is int
+            and segments > 0 and isinstance(state["model"], dict)
+            and isinstance(state["optimizer"], dict) and isinstance(state["history"], list)
+            and len(state["history"]) == epoch
+            and all(isinstance(h, dict) for h in state["history"])
+            and isinstance(state.get("elapsed_s", 0.0), (int, float))
+            and isinstance(state.get("spent", {}), dict)
+            and all(isinstance(v, float) for v in state.get("spent", {}).values())):
+        return "damaged checkpoint (fields of the wrong type or out of range)"
     return None
 
 
@@ -666,11 +735,16 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
             if hook is not None:
                 hook("epoch", epoch, -1)
             if epoch + 1 == config.epochs or t2 - last_checkpoint >= config.checkpoint_every:
-                _save_checkpoint(ckpath, config, run, epoch + 1, history, so_far(), segments)
-                last_checkpoint = _clock()
-                checkpoint_s += last_checkpoint - t2
-                if hook is not None:
-                    hook("checkpoint", epoch, -1)
+                try:
+                    _save_checkpoint(ckpath, config, run, epoch + 1, history, so_far(), segments)
+                except OSError as err:  # a full disk, say: the run can go on without it
+                    warnings.warn(f"{ckpath}: checkpoint not written ({err.strerror or err}); "
+                                  "the run goes on", RunFileWarning, stacklevel=2)
+                else:
+                    last_checkpoint = _clock()
+                    checkpoint_s += last_checkpoint - t2
+                    if hook is not None:
+                        hook("checkpoint", epoch, -1)
             lock.heartbeat(force=True)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", train_acc=f"{metrics['train_acc']:.3f}",
                             lr=f"{metrics['lr']:.3g}")
@@ -723,16 +797,29 @@ def _save_checkpoint(path: Path, config: RunConfig, run: _Run, epoch: int, histo
     atomic_write_bytes(path, buf.getvalue())
 
 
+class RunDiverged(ArithmeticError):
+    """The run's final losses are not finite numbers (its learning rate was too large, say): no
+    record is written."""
+
+
 def _record(config: RunConfig, run: _Run, history: list, setup_s: float, segments: int,
             device: torch.device) -> dict:
     train_s = sum(h["train_s"] for h in history)
     eval_s = sum(h["eval_s"] for h in history)
     elapsed = sum(h["epoch_s"] for h in history)
+    # An epoch's running loss is not finite when a float16 batch overflowed (the scaler then
+    # skips that step): null in the record, which is standard JSON.
+    history = [{k: v if not isinstance(v, float) or math.isfinite(v) else None
+                for k, v in h.items()} for h in history]
     final = {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc",
                                           "test_error")}
     # The running train_acc above is measured on augmented batches while the weights change;
     # this is the final network's accuracy on the training images themselves.
     final.update({f"clean_{k}": v for k, v in run.evaluate(split="train").items()})
+    for name in ("test_loss", "clean_train_loss"):
+        if final[name] is None or not math.isfinite(final[name]):
+            raise RunDiverged(f"{config.key} diverged: its final {name.replace('_', ' ')} is "
+                              "not a finite number; no record written (a smaller lr may help)")
     dtype = run.step.dtype
     rec = {
         "format": RECORD_FORMAT,

@@ -22,12 +22,12 @@ profile and the tests, which need no network).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from locolib.io import sha256
 from locolib.kernels import ConvKernel, from_onnx, ring_names, select
 from locolib.locality import TABLE4_PAIRS, table4_row
 from locolib.results import repository_root
@@ -148,15 +149,6 @@ def model_path(name: str, cache: str | Path | None = None) -> Path:
     return _package_dir(net, Path(cache) if cache is not None else cache_dir()) / Path(net.member).name
 
 
-def sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def wheel_licence(wheel: str | Path) -> dict[str, object]:
     """The licence a wheel states: METADATA's ``License`` field and licence classifiers, and the
     first line of every licence file in its ``.dist-info`` folder."""
@@ -227,17 +219,25 @@ def fetch(names: Iterable[str] | None = None, cache: str | Path | None = None,
     Files already in the cache are used when their SHA-256 matches the pin. Missing ones are
     downloaded (one ``pip download --no-deps`` per package) unless ``download=False``; without
     them and without PyPI this raises FileNotFoundError or RuntimeError, naming the folder where
-    the files would have to be.
+    the files would have to be. A cached file whose SHA-256 is not the pin is named with both
+    hashes: a ValueError with ``download=False``, else a warning, and it is downloaded again.
     """
     names = list(NETWORKS) if names is None else list(names)
     cache = Path(cache) if cache is not None else cache_dir()
     missing: dict[tuple[str, str], list[str]] = {}
+    altered: list[str] = []
     for name in names:
         path, net = model_path(name, cache), _network(name)
-        ok = path.is_file() and (_package_dir(net, cache) / _LICENCE_FILE).is_file() \
-            and sha256(path) == net.sha256
-        if not ok:
+        actual = sha256(path) if path.is_file() else None
+        if actual is not None and actual != net.sha256:
+            altered.append(f"{path} has SHA-256 {actual}, not the pinned {net.sha256}")
+        if actual != net.sha256 or not (_package_dir(net, cache) / _LICENCE_FILE).is_file():
             missing.setdefault((net.package, net.version), []).append(name)
+    if altered and not download:
+        raise ValueError(f"{'; '.join(altered)}: changed or damaged; delete it and run "
+                         "fetch(download=True) where PyPI is reachable")
+    for line in altered:
+        warnings.warn(f"{line}: changed or damaged; downloading it again", stacklevel=2)
     if missing and not download:
         wanted = ", ".join(f"{p}=={v}" for p, v in missing)
         raise FileNotFoundError(f"the ONNX files of {sum(missing.values(), [])} are not in {cache} and "

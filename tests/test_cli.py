@@ -3,6 +3,7 @@ says choices and defaults, bad input and Ctrl-C end in one clear line, never a t
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 import tomllib
 import torch
 
+import locolib.io
 from locolib.config import REGULARIZERS, config_fields, field_default
 from locolib.data import DATASETS
 from locolib.models import NETWORKS
@@ -139,7 +141,22 @@ BAD_INPUT = {  # case: (arguments, what the error line must name)
     "loco-params-without-eta": (lambda t: ["--loco-params", str(t / "no-eta.json")], "eta"),
     "loco-params-not-json": (lambda t: ["--loco-params", str(t / "cut.json")], "cut.json"),
     "loco-params-not-a-mapping": (lambda t: ["--loco-params", str(t / "list.json")], "must map"),
+    "loco-params-nested-too-deeply": (lambda t: ["--loco-params", str(t / "deep.json")],
+                                      "nested too deeply"),
     "a-billion-seeds": (lambda t: ["--seeds", "0-1000000000"], str(MAX_RUNS)),
+    "width-inf": (lambda t: ["--width", "inf"], "width must lie in (0, 16]"),
+    "width-1e9": (lambda t: ["--width", "1e9"], "width must lie in"),
+    "pad-100000": (lambda t: ["--pad", "100000"], "pad must lie in [0, 32]"),
+    "lam-inf": (lambda t: ["--lam", "inf"], "lam must lie in"),
+    "lr-inf": (lambda t: ["--lr", "inf"], "lr must lie in"),
+    "momentum-inf": (lambda t: ["--momentum", "inf"], "momentum must lie in [0, 1)"),
+    "momentum-1": (lambda t: ["--momentum", "1"], "momentum must lie in [0, 1)"),
+    "lr-decay-inf": (lambda t: ["--lr-decay", "inf"], "lr_decay must lie in"),
+    "gamma-inf": (lambda t: ["--gamma", "inf"], "positive number"),
+    "gamma-of-the-wrong-length": (lambda t: ["--gamma", "0.5,0.5,0.5"], "3 per-layer values"),
+    "stale-after-below-the-heartbeat": (lambda t: ["--stale-after", "5"], "at least 60"),
+    "device-foo": (lambda t: ["--device", "foo"], "unknown device 'foo'"),
+    "device-cuda-9": (lambda t: ["--device", "cuda:9"], "CUDA device"),
 }
 
 
@@ -149,6 +166,7 @@ def test_bad_input_ends_in_one_clear_line(case, tmp_path, capsys):
     (tmp_path / "no-eta.json").write_text(json.dumps({"digits/vgg13": {"gamma": 0.5}}))
     (tmp_path / "cut.json").write_text('{"digits/vgg13": {"gamma": 0.5,')
     (tmp_path / "list.json").write_text("[0.5, 2.0]")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
     make_args, wanted = BAD_INPUT[case]
     start = time.perf_counter()
     with pytest.raises(SystemExit) as e:
@@ -186,3 +204,47 @@ def test_ctrl_c_leaves_a_message_no_lock_and_a_resumable_run(tmp_path):
     assert 1 <= done < 30
     assert main(args) == 0
     assert read_record(result_path(cfg, res))["timing"]["segments"] == 2, "resumed, not restarted"
+
+
+# --- a full disk -------------------------------------------------------------------------------
+
+
+def _full_disk_for(suffix: str, monkeypatch) -> None:
+    """Every atomic write of a file ending in ``suffix`` fails as on a full disk."""
+    real = locolib.io.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(suffix):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(locolib.io.os, "replace", replace)
+
+
+def test_a_full_disk_is_one_line_exit_2_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    res = tmp_path / "res"
+    args = [*tiny("l2", epochs=2), "--results", str(res), "--quiet", "--checkpoint-every", "0"]
+    (cfg,) = plan(["digits"], ["vgg13"], ["l2"], [0], epochs=2, width=0.125, train_subset=64,
+                  batch_size=32)
+    _full_disk_for(".json", monkeypatch)  # the record cannot be written
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device" in err and str(result_path(cfg, res)) in err
+    assert "run the same command again" in err
+    assert not list(res.glob(".*.tmp")) and not list((res / "checkpoints").glob("*.lock"))
+    monkeypatch.undo()
+    assert main(args) == 0
+    rec = read_record(result_path(cfg, res))
+    assert rec["timing"]["segments"] == 2, "resumed from the last checkpoint"
+
+
+def test_a_failed_checkpoint_write_is_a_warning_and_the_run_goes_on(tmp_path, capsys,
+                                                                  monkeypatch):
+    res = tmp_path / "res"
+    args = [*tiny("l2", epochs=2), "--results", str(res), "--quiet", "--checkpoint-every", "0"]
+    _full_disk_for(".pt", monkeypatch)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint not written (No space left on device); the run goes on" in err
+    assert len(list(res.glob("*.json"))) == 1 and not list((res / "checkpoints").iterdir())

@@ -192,3 +192,11 @@ def test_from_onnx_skips_what_is_no_2d_convolution():
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
                               initializer=[w, w1d])
     assert K.from_onnx(helper.make_model(graph)) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not an ONNX model" * 3], ids=["empty", "garbage"])
+def test_from_onnx_refuses_a_file_that_is_no_onnx_model(content, tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path}: not an ONNX model"):
+        K.from_onnx(path)

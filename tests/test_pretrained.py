@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 
 from locolib import locality as lo
 from locolib import pretrained as P
+from locolib.io import sha256
 from locolib.kernels import spatial_kernels
 
 torch.set_num_threads(1)
@@ -86,17 +89,82 @@ def test_skips_when_the_host_does_not_answer(tmp_path, monkeypatch):
     assert not out.ok and "not reachable" in out.reason
 
 
+def _published(monkeypatch, path) -> None:
+    """Let torchvision's URL of MobileNetV2 name the file ``path`` (its published hash)."""
+    url = f"https://download.pytorch.org/models/{path.name}"
+    monkeypatch.setattr(P, "weights_enum", lambda name: SimpleNamespace(url=url))
+
+
+def _crafted(tmp_path, monkeypatch, model: nn.Module) -> Path:
+    """``model``'s weights in a temporary TORCH_HOME, named as torchvision names its files."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    tmp = folder / "x.pth"
+    torch.save(model.state_dict(), tmp)
+    path = folder / f"mobilenet_v2-{sha256(tmp)[:8]}.pth"
+    tmp.rename(path)
+    _published(monkeypatch, path)
+    assert P.cached_weights_path("MobileNetV2") == path
+    return path
+
+
 def test_uses_weights_from_the_hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     reference = P.build_imagenet_model("MobileNetV2", seed=9)
-    path = P.cached_weights_path("MobileNetV2")
-    path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
+    _crafted(tmp_path, monkeypatch, reference)
     monkeypatch.setattr(P, "host_reachable", lambda *a, **k: pytest.fail("no network needed"))
     out = P.load_imagenet_model("MobileNetV2")
     assert out.ok and out.source == "cache"
     for x, y in zip(spatial_kernels(out.model, 3), spatial_kernels(reference, 3)):
         assert torch.equal(x, y)
+
+
+def test_an_altered_weights_file_is_refused(tmp_path, monkeypatch):
+    path = _crafted(tmp_path, monkeypatch, P.build_imagenet_model("MobileNetV2", seed=9))
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1
+    path.write_bytes(bytes(data))
+    out = P.load_imagenet_model("MobileNetV2", allow_download=False)
+    assert not out.ok and "\n" not in out.reason
+    assert f"{path} is not torchvision's file: its SHA-256 begins" in out.reason
+
+
+class _Planted:
+    """What a planted file may hold: unpickling it with weights_only=False opens ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_planted_file_in_the_hub_cache_runs_no_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = P.cached_weights_path("MobileNetV2")  # torchvision's own name and hash
+    assert path.is_relative_to(tmp_path)
+    path.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"features.0.0.weight": _Planted(marker)}, path)
+    out = P.load_imagenet_model("MobileNetV2", allow_download=False)
+    assert not marker.exists(), "the planted file ran code"
+    assert not out.ok and "is not torchvision's file" in out.reason and "\n" not in out.reason
+    assert "weights_only" not in out.reason
+
+
+def test_a_file_with_the_published_hash_still_loads_only_tensors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    tmp = folder / "x.pth"
+    torch.save({"features.0.0.weight": _Planted(marker)}, tmp)
+    path = folder / f"mobilenet_v2-{sha256(tmp)[:8]}.pth"
+    tmp.rename(path)
+    _published(monkeypatch, path)
+    out = P.load_imagenet_model("MobileNetV2", allow_download=False)
+    assert not marker.exists() and not out.ok
+    assert "holds more than tensors" in out.reason and "weights_only" not in out.reason
 
 
 def test_pretrained_false_gives_random_init():

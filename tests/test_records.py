@@ -50,13 +50,20 @@ def _damage(kind: str, good: dict, other: dict) -> str:
         return json.dumps({**good, "format": 0})
     if kind == "another-training-version":
         return json.dumps({**good, "training_version": good["training_version"] - 1})
+    if kind.startswith("test-error-"):  # not a finite fraction: NaN, Infinity, -0.1, true
+        value = {"nan": float("nan"), "infinity": float("inf"), "negative": -0.1,
+                 "true": True, "a-string": "0.1"}[kind.removeprefix("test-error-")]
+        return json.dumps({**good, "final": {**good["final"], "test_error": value}})
+    if kind == "deeply-nested":
+        return "[" * 100_000
     if kind == "incomplete":
         return json.dumps({k: v for k, v in good.items() if k != "final"})
     raise ValueError(kind)
 
 
 KINDS = ["truncated", "not-json", "another-run", "another-format", "another-training-version",
-         "incomplete"]
+         "incomplete", "test-error-nan", "test-error-infinity", "test-error-negative",
+         "test-error-true", "test-error-a-string", "deeply-nested"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -191,3 +198,94 @@ def test_an_invalid_record_is_never_deleted_by_a_dry_run_or_a_table(tmp_path):
     with pytest.warns(RunFileWarning):
         load_results(res)
     assert path.read_text() == "{" and sorted(p.name for p in res.iterdir()) == [path.name]
+
+
+# --- damaged checkpoints and locks: named, set aside, the run trained; never a traceback -------
+
+def _damage_checkpoint(kind: str, ck: Path) -> None:
+    if kind == "empty":
+        ck.write_bytes(b"")
+    elif kind == "truncated":
+        ck.write_bytes(ck.read_bytes()[:100])
+    elif kind == "garbage":
+        ck.write_bytes(b"garbage\x80\x03 not a checkpoint")
+    else:  # a field of the wrong type
+        field, value = {"epoch-a-string": ("epoch", "1"), "segments-a-string": ("segments", "x"),
+                        "history-a-string": ("history", "x")}[kind]
+        state = torch.load(ck, weights_only=True)
+        torch.save({**state, field: value}, ck)
+
+
+CHECKPOINT_KINDS = ["empty", "truncated", "garbage", "epoch-a-string", "segments-a-string",
+                    "history-a-string"]
+
+
+@pytest.mark.parametrize("kind", CHECKPOINT_KINDS)
+def test_a_damaged_checkpoint_is_named_kept_and_the_run_trained(kind, records, tmp_path, capsys):
+    res = tmp_path / "res"
+    ck = _interrupted_checkpoint(CONFIG, res)
+    _damage_checkpoint(kind, ck)
+    damaged = ck.read_bytes()
+    args = ["--datasets", "digits", "--networks", "vgg13", "--regularizers", "l2", "--seeds", "0",
+            "--width", "0.125", "--train-subset", "64", "--batch-size", "32", "--epochs", "2",
+            "--results", str(res), "--quiet"]
+    assert main(args + ["--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert f"todo                     {CONFIG.key}" in out
+    assert str(ck) in err and "Traceback" not in err
+    assert "weights_only" not in err, "never the advice to unpickle an untrusted file"
+    assert ck.read_bytes() == damaged, "a dry run moves nothing"
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert str(ck) in err and "kept as" in err and "weights_only" not in err
+    rec = read_record(result_path(CONFIG, res))
+    assert rec["final"] == records[CONFIG.key]["final"] and rec["timing"]["segments"] == 1
+    (kept,) = ck.parent.glob(f"{ck.name}.invalid-*")
+    assert kept.read_bytes() == damaged
+
+
+DEEP = "[" * 100_000  # deeper than Python's JSON parser goes (RecursionError)
+
+
+def test_deeply_nested_json_is_a_damaged_record(records, tmp_path, capsys):
+    res = tmp_path / "res"
+    res.mkdir()
+    path = result_path(CONFIG, res)
+    path.write_text(DEEP)
+    stray = res / "stray.json"
+    stray.write_text(DEEP)
+    (res / f"{OTHER.key}.json").write_text(json.dumps(records[OTHER.key]))
+    with pytest.warns(RunFileWarning, match="nested too deeply"):
+        assert list(load_results(res).key) == [OTHER.key]
+    with pytest.warns(RunFileWarning, match="kept as"):
+        rec = train(CONFIG, results_dir=res, progress=False)
+    assert rec["final"] == records[CONFIG.key]["final"]
+    assert stray.read_text() == DEEP
+
+
+@pytest.mark.parametrize("content", [DEEP, json.dumps({"host": "HOST", "pid": 10**30, "token": "t"}),
+                                     json.dumps({"host": "HOST", "pid": -1, "token": "t"})],
+                         ids=["deeply-nested", "pid-10**30", "pid-negative"])
+def test_a_lock_naming_no_possible_owner_is_taken_over(content, tmp_path):
+    import socket
+
+    lock = tmp_path / "x.lock"
+    lock.write_text(content.replace("HOST", socket.gethostname()))
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(RunFileWarning, match="names no owner"):
+        with RunLock(lock) as held:
+            assert json.loads(lock.read_text())["token"] == held.token
+
+
+def test_a_folder_at_the_lock_path_is_set_aside(records, tmp_path):
+    res = tmp_path / "res"
+    lock = res / "checkpoints" / f"{CONFIG.key}.lock"
+    lock.mkdir(parents=True)
+    (lock / "inside").write_text("kept")
+    with pytest.warns(RunFileWarning, match="a folder") as caught:
+        rec = train(CONFIG, results_dir=res, progress=False)
+    assert str(lock) in str(caught[0].message) and "kept as" in str(caught[0].message)
+    assert rec["final"] == records[CONFIG.key]["final"] and not lock.exists()
+    (kept,) = lock.parent.glob(f"{lock.name}.invalid-*")
+    assert (kept / "inside").read_text() == "kept"

