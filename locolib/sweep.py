@@ -258,6 +258,7 @@ def run_sweep(
             with tqdm.external_write_mode():
                 log(line)
 
+    diverged: list[str] = []
     try:
         while pending:
             if not first:
@@ -275,6 +276,10 @@ def run_sweep(
                     if first:
                         say(f"[{i + 1}/{len(configs)}] {cfg.key}: skipped, {err}")
                     continue
+                except RunDiverged as err:  # the other runs go on; the sweep fails at the end
+                    diverged.append(cfg.key)
+                    say(f"[{i + 1}/{len(configs)}] {err}")
+                    continue
                 say(f"[{i + 1}/{len(configs)}] {cfg.key}: " + ("already done" if done else (
                     f"trained, test error {100 * rec['final']['test_error']:.2f}%")))
                 records[i] = rec
@@ -282,6 +287,9 @@ def run_sweep(
             pending, first = (locked if wait else []), False
     finally:
         bar.close()
+    if diverged:
+        raise RunDiverged(f"{len(diverged)} of {len(configs)} runs diverged and have no record: "
+                          f"{', '.join(diverged)}; every other run finished")
     return [records[i] for i in sorted(records)]
 
 

@@ -274,3 +274,22 @@ def test_compare_edge_cases():
         compare(mixed)
     assert [significance_stars(p) for p in (0.0005, 0.005, 0.05, 0.2, float("nan"))] == \
         ["***", "**", "*", "", ""]
+
+
+def test_a_diverged_run_does_not_stop_the_others(tmp_path, monkeypatch):
+    """A run whose losses are not finite writes no record; the sweep trains the other runs and
+    then names the diverged one."""
+    configs = plan(["digits"], ["vgg13"], ["l2"], [0, 1], **TINY)
+    real = T._Run.evaluate
+
+    def diverges_for_seed_0(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if self.config.seed == 0:
+            out = {k: float("nan") if k.endswith("loss") else v for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(T._Run, "evaluate", diverges_for_seed_0)
+    with pytest.raises(T.RunDiverged, match=f"1 of 2 runs diverged .*{configs[0].key}"):
+        run_sweep(configs, results_dir=tmp_path, progress=False, log=None)
+    assert not result_path(configs[0], tmp_path).exists()
+    assert result_path(configs[1], tmp_path).exists()
