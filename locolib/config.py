@@ -123,6 +123,10 @@ class RunConfig:
                                   column=True, protocol=True, bounds="[1, inf)")
     data_seed: int = config_field(0, "seed of the train/test split (where the dataset has one) and subset",
                         protocol=True, bounds="[0, inf)")
+    validation: int = config_field(
+        0, "this many of the held-out images form a validation set (stratified by class, drawn "
+        "by data_seed, see locolib.data.validation_split); the others stay the test set",
+        column=True, protocol=True, bounds="[0, inf)")
     amp: bool = config_field(True, "mixed precision on CUDA")
     amp_cpu: bool = config_field(False, "bf16 autocast on the CPU (slow on most CPUs)")
     channels_last: bool = config_field(True, "train in channels_last (see locolib.train.memory_format)")

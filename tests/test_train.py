@@ -736,3 +736,18 @@ def test_runs_in_threads_of_one_process_give_the_serial_records(tmp_path):
                                                  progress=False), configs))
     assert [_metrics(r) for r in threaded] == [_metrics(r) for r in serial]
     assert [r["weight_stats"] for r in threaded] == [r["weight_stats"] for r in serial]
+
+
+def test_a_validation_set_is_carved_from_the_held_out_images(tmp_path):
+    cfg = RunConfig(**{**TINY, "epochs": 2}, regularizer="l2", seed=0, validation=250)
+    assert cfg.key != cfg.replace(validation=0).key
+    rec = train(cfg, results_dir=tmp_path, progress=False)
+    assert rec["n_test"] == 250 and rec["n_validation"] == 250
+    assert all(0 <= h["val_error"] <= 1 for h in rec["history"])
+    assert rec["final"]["val_error"] == rec["history"][-1]["val_error"]
+    assert rec["final"]["val_error"] == pytest.approx(1 - rec["final"]["val_acc"])
+    plain = train(cfg.replace(validation=0), results_dir=tmp_path, progress=False)
+    assert plain["n_test"] == 500 and "val_error" not in plain["final"]
+    # The same network on test + validation images: their errors average to the full test error.
+    assert (rec["final"]["test_error"] + rec["final"]["val_error"]) / 2 == pytest.approx(
+        plain["final"]["test_error"])
