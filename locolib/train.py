@@ -395,7 +395,7 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
 
     One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
     ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
-    ``w`` (``tap_sum``) and ``|w|`` (``tap_abs_sum``), and for consecutive rings r, r+1 around
+    ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for consecutive rings r, r+1 around
     the centre (:func:`locolib.reg.ring_distances`: for 3x3 centre, edge neighbours, corners) the
     sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
     ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
@@ -413,6 +413,8 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": names.get(id(conv), ""), "shape": list(w.shape),
                                  "count": int(flat.shape[0]), "k": k,
                                  "ring_distances": ring_distances(k)}
+        # w**2 per tap: the realized penalty of any mask (locolib.reg.realized_factor)
+        entry["tap_sq_sum"] = flat.square().sum(0).reshape(k, k).tolist()
         for tag, v in (("", flat), ("abs_", flat.abs())):
             entry[f"tap_{tag}sum"] = v.sum(0).reshape(k, k).tolist()
             ring_means = torch.stack([v[:, rings == r].mean(1) for r in range(n_rings)], 1)

@@ -246,6 +246,8 @@ def test_training_learns_and_writes_a_complete_record(dirs, tmp_path):
         assert st["count"] == flat.shape[0] and st["k"] == 3
         assert torch.allclose(torch.tensor(st["tap_abs_sum"], dtype=torch.float64).reshape(-1),
                               flat.abs().sum(0))
+        assert torch.allclose(torch.tensor(st["tap_sq_sum"], dtype=torch.float64).reshape(-1),
+                              flat.square().sum(0))
         # s(w, I_c, I_n) and s(w, I_n, I_co) of Eq. 7.1, by hand: taps 4 | 1, 3, 5, 7 | 0, 2, 6, 8
         centre, edge, corner = flat[:, 4], flat[:, [1, 3, 5, 7]].mean(1), flat[:, [0, 2, 6, 8]].mean(1)
         s_cn, s_nco = centre - edge, edge - corner
