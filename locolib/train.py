@@ -395,8 +395,9 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
 
     One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
     ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
-    ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for consecutive rings r, r+1 around
-    the centre (:func:`locolib.reg.ring_distances`: for 3x3 centre, edge neighbours, corners) the
+    ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for
+    consecutive rings r, r+1 around the centre (:func:`locolib.reg.ring_distances`: for 3x3
+    centre, edge neighbours, corners) the
     sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
     ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
     is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
@@ -653,8 +654,9 @@ def train(
     train_loss, train_acc, test_loss, test_acc, test_error, with ``config.validation`` also
     val_loss, val_acc, val_error (on the validation images), penalty (the regularization term
     lam * sum(mask * w**2) at the epoch's end), train_s, eval_s, epoch_s, images_per_s),
-    ``final`` (the last epoch's metrics, val_error among them with a validation set), ``timing`` (total_s = train_s + eval_s, the
-    epochs' training and evaluation; per_epoch_s; images_per_s of training alone; wall_s, the
+    ``final`` (the last epoch's metrics, val_error among them with a validation set),
+    ``timing`` (total_s = train_s + eval_s, the epochs' training and evaluation; per_epoch_s;
+    images_per_s of training alone; wall_s, the
     whole run's wall time with setup, final evaluation and checkpoint writes (an interrupted
     segment counts up to its last checkpoint), and images_per_wall_s; checkpoint_s, the
     checkpoint writes; compile_s, the calls that built compiled graphs (part of train_s and
