@@ -121,7 +121,6 @@ def test_the_mechanism_summary_gives_runs_time_and_families():
         "(2.4 h wall time in two processes); families: primary: H1, H2, H3; secondary: H4, H5, H6")
 
 
-@pytest.mark.slow
 def test_the_mechanism_dry_run_lists_runs_and_time(capsys, tmp_path):
     assert plans.main(["mechanism", "--dry-run", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
