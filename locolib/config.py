@@ -20,6 +20,7 @@ Adding a field is one line here; give it a default that reproduces the old behav
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -123,6 +124,10 @@ class RunConfig:
                                   column=True, protocol=True, bounds="[1, inf)")
     data_seed: int = config_field(0, "seed of the train/test split (where the dataset has one) and subset",
                         protocol=True, bounds="[0, inf)")
+    validation: int = config_field(
+        0, "this many of the held-out images form a validation set (stratified by class, drawn "
+        "by data_seed, see locolib.data.validation_split); the others stay the test set",
+        column=True, protocol=True, bounds="[0, inf)")
     amp: bool = config_field(True, "mixed precision on CUDA")
     amp_cpu: bool = config_field(False, "bf16 autocast on the CPU (slow on most CPUs)")
     channels_last: bool = config_field(True, "train in channels_last (see locolib.train.memory_format)")
@@ -198,7 +203,7 @@ def check_value(name: str, value: Any) -> Any:
     f = _field(name)
     if value is None and f.default is None:
         return None
-    kind = typing.get_type_hints(RunConfig)[name]
+    kind = _type_hints()[name]
     integer = kind is int or int in typing.get_args(kind)
     if isinstance(value, bool) or not isinstance(
             value, (int, np.integer) if integer else (int, float, np.integer, np.floating)):
@@ -210,6 +215,13 @@ def check_value(name: str, value: Any) -> Any:
             and (value < high if bounds[-1] == ")" else value <= high)):
         raise ValueError(f"{name} must lie in {bounds}, got {value}")
     return value
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    """RunConfig's field types (resolved once: typing.get_type_hints is slow, and every config
+    checks every bounded field)."""
+    return typing.get_type_hints(RunConfig)
 
 
 def _plain(v: Any) -> Any:

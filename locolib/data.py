@@ -26,6 +26,7 @@ __all__ = [
     "DatasetSpec",
     "dataset_spec",
     "load_dataset",
+    "validation_split",
     "normalize",
     "augment_params",
     "apply_augment",
@@ -208,6 +209,30 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, s
     torchvision datasets are read from ``root``; the network is only used when ``download=True``.
     """
     return dataset_spec(name).load(Path(root), download, seed)
+
+
+#: Mixed into a data seed for the validation draw, so that it is not the train/test draw's stream.
+_VALIDATION_STREAM = 1
+
+
+def validation_split(y: torch.Tensor, n_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(validation, test)`` into held-out images with labels ``y``: ``n_validation``
+    of them, stratified by class, form the validation set and the others the test set (both
+    sorted, disjoint, together all of ``y``).
+
+    ``seed`` is the run's ``data_seed``, the seed of the whole data split: the same seed always
+    gives the same validation set, another seed another one. A study whose split must vary with
+    its seeds sets ``data_seed`` to each run's seed (:mod:`locolib.plans`' mechanism study does).
+    For mnist5k, ``n_validation = 2000`` is half of the 4,000 held-out images, 200 per class.
+    """
+    n = len(y)
+    if not 0 < n_validation < n:
+        raise ValueError(f"validation must lie between 0 and the {n} held-out images (exclusive), "
+                         f"got {n_validation}")
+    state = np.random.SeedSequence([int(seed), _VALIDATION_STREAM]).generate_state(1)[0]
+    test, val = train_test_split(np.arange(n), test_size=n_validation, stratify=y.numpy(),
+                                 random_state=int(state))
+    return torch.from_numpy(np.sort(val)), torch.from_numpy(np.sort(test))
 
 
 # --------------------------------------------------------------------------------------------

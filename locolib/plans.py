@@ -37,11 +37,13 @@ import torch
 from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import dataset_spec
 from locolib.experiments import finished_records, history_frame, table6_loco_params
+from locolib.reg import realized_factor
 from locolib.sweep import print_status, run_sweep
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
 __all__ = ["Arm", "Study", "STUDIES", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study",
-           "arm_frame", "arm_history", "main"]
+           "arm_frame", "arm_history", "main", "Hypothesis", "Preregistration", "SeededSplitArm",
+           "MECHANISM", "MECHANISM_SMOKE", "PREREGISTERED", "mechanism_frame"]
 
 PAPER_LAM = 5e-4
 #: The book's fixed LOCO-REG: centre regularized half, corners twice as strongly as the edges.
@@ -269,9 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.dry_run:
         s = study(a.profile)
         configs = s.configs([s.parameter_arm, *s.arms])
-        print(f"{a.profile}: {len(configs)} runs, then Table 6's LOCO-REG runs, whose parameters "
-              "come from the first arm's records")
+        print(f"{a.profile}: {len(configs)} runs" + (", then Table 6's LOCO-REG runs, whose "
+              "parameters come from the first arm's records" if s.cs else ""))
         print_status(configs, a.results)
+        if a.profile in PREREGISTERED:
+            print(PREREGISTERED[a.profile].summary())
         return 0
 
     torch.set_num_threads(a.threads)
@@ -279,6 +283,155 @@ def main(argv: Sequence[str] | None = None) -> int:
                      log=None if a.quiet else print)
     print(f"{a.profile}: {sum(len(x.seeds) for x in arms)} runs in {len(arms)} arms have records")
     return 0
+
+
+# ============================================================================================
+# The pre-registered mechanism study: every regularizer at its own best lam
+# ============================================================================================
+# Written down before any of its runs was trained: the arms, the lam grid, the seeds, how lam is
+# chosen (validation error only), the hypotheses with their expected directions, their
+# multiplicity families, the test and the adjustment. Chapter 05 tests exactly these
+# (locolib.stats.contrast_table on MECHANISM.hypotheses).
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One pre-registered contrast: regularizer ``contrast[0]`` at its best lam against
+    ``contrast[1]`` at its best, paired over the shared seeds on test error. ``direction``: the
+    expected sign of a - b ("less": a has the lower test error). Holm's adjustment runs within
+    ``family``."""
+
+    name: str
+    contrast: tuple[str, str]
+    direction: str
+    family: str
+    claim: str
+
+
+@dataclass(frozen=True)
+class Preregistration:
+    """A pre-registered lam sweep: the :class:`Study` to train, the regularizers (label ->
+    registry name and fields), the lam grid, the seeds, how lam is chosen and what is tested.
+
+    Analysis (:mod:`locolib.stats`): each regularizer's lam is the one of lowest mean
+    ``select_on`` over the seeds (:func:`~locolib.stats.best_lams`); each hypothesis is a
+    two-sided paired t-test on the test error at the two lams chosen
+    (:func:`~locolib.stats.contrast_table`), Holm-adjusted within its family; a hypothesis is
+    supported where the adjusted p is below ``alpha`` and the difference has the expected sign.
+    Runs ending below ``converged_acc`` clean training accuracy are counted per arm and lam
+    (:func:`~locolib.stats.convergence`) and reported, not dropped.
+    """
+
+    study: Study
+    regularizers: Mapping[str, tuple[str, Mapping[str, Any]]]
+    lams: tuple[float, ...]
+    seeds: tuple[int, ...]
+    hypotheses: tuple[Hypothesis, ...]
+    seconds_per_run: float  # one CPU thread, measured (see MECHANISM)
+    alpha: float = 0.05
+    adjustment: str = "holm"
+    test: str = "paired t-test, two-sided (scipy.stats.ttest_rel)"
+    select_on: str = "val_error"
+    converged_acc: float = 0.99
+
+    def summary(self) -> str:
+        n = len(self.study.configs())
+        hours = n * self.seconds_per_run / 3600
+        return (f"{len(self.regularizers)} regularizers x {len(self.lams)} lams x "
+                f"{len(self.seeds)} seeds = {n} runs, about {hours:.1f} CPU-hours on one thread "
+                f"({hours / 2:.1f} h wall time in two processes); families: "
+                + "; ".join(f"{f}: {', '.join(h.name for h in self.hypotheses if h.family == f)}"
+                            for f in dict.fromkeys(h.family for h in self.hypotheses)))
+
+
+@dataclass(frozen=True)
+class SeededSplitArm(Arm):
+    """An arm whose runs draw their data split from their own seed (``data_seed = seed``):
+    training images and the validation/test halves change with the seed, and the arms that
+    share a seed share its split, so paired contrasts stay paired."""
+
+    def configs(self, dataset: str, protocol: Mapping[str, Any]) -> list[RunConfig]:
+        return [c.replace(data_seed=c.seed) for c in super().configs(dataset, protocol)]
+
+
+#: The regularizers of the mechanism study: label -> (registry name, fields besides lam).
+MECHANISM_REGULARIZERS: dict[str, tuple[str, dict[str, float]]] = {
+    "l2": ("l2", {}),
+    "loco": ("loco", dict(FIXED_LOCO)),
+    "mirror": ("loco", {"gamma": FIXED_LOCO["eta"], "eta": FIXED_LOCO["gamma"]}),
+    "permuted": ("loco_permuted", dict(FIXED_LOCO)),
+    "strong_locality": ("loco", dict(STRONG_LOCALITY)),
+    "strong_anti_locality": ("loco", dict(STRONG_ANTI_LOCALITY)),
+}
+#: The paper's lam times 10 ** (i / 2), i = 0..5: 5e-4 to 0.158, past the dose-matched 0.1037.
+MECHANISM_LAMS: tuple[float, ...] = tuple(float(f"{PAPER_LAM * 10 ** (i / 2):.4g}") for i in range(6))
+#: Seeds 3000-3011: disjoint from every seed that chose anything (the default study's 0-19,
+#: Table 6's parameter runs from 1000 on).
+MECHANISM_SEEDS: tuple[int, ...] = tuple(range(3000, 3012))
+MECHANISM_HYPOTHESES: tuple[Hypothesis, ...] = (
+    Hypothesis("H1", ("loco", "l2"), "less", "primary",
+               "LOCO-REG (0.5, 2) at its best lam has a lower test error than L2 at its best"),
+    Hypothesis("H2", ("loco", "mirror"), "less", "primary",
+               "direction, strength matched: LOCO-REG (0.5, 2) beats its mirror (2, 0.5)"),
+    Hypothesis("H3", ("loco", "permuted"), "less", "primary",
+               "radial order: LOCO-REG (0.5, 2) beats the same nine factors permuted"),
+    Hypothesis("H4", ("strong_locality", "strong_anti_locality"), "less", "secondary",
+               "direction at strength (0.1, 10) vs (10, 0.1): locality beats anti-locality"),
+    Hypothesis("H5", ("strong_locality", "l2"), "less", "secondary",
+               "strong locality at its best lam beats L2 at its best"),
+    Hypothesis("H6", ("strong_anti_locality", "l2"), "greater", "secondary",
+               "strong anti-locality at its best lam is worse than L2 at its best"),
+)
+
+
+def _mechanism(profile: str, dataset: str, protocol: Mapping[str, Any], lams: Sequence[float],
+               seeds: Sequence[int], seconds_per_run: float) -> Preregistration:
+    net = "vgg13"
+    arms = tuple(
+        SeededSplitArm(f"{label}/lam={lam:g}", net, reg, tuple(seeds), {**fields, "lam": lam},
+                       reference=None if label == "l2" else f"l2/lam={lam:g}", purpose=label)
+        for label, (reg, fields) in MECHANISM_REGULARIZERS.items() for lam in lams)
+    study = Study(profile, dataset, dict(protocol), arms,
+                  parameter_arm=Arm("no Table 6", net, "l2", ()),  # no Table 6 here
+                  table6_network=net, table6_seeds=(), cs=())
+    return Preregistration(study, MECHANISM_REGULARIZERS, tuple(lams), tuple(seeds),
+                           MECHANISM_HYPOTHESES, seconds_per_run)
+
+
+#: The default study's protocol for mnist5k VGG13 (30 epochs, batch 64, lr 0.1, width 1/8, pad
+#: 2, no flips) with half of the 4,000 held-out images as validation set (200 per class).
+#: seconds_per_run: median 34.8 s (setup and training) of the default study's 130 mnist5k VGG13
+#: records, Intel Xeon, one thread; 40 s leaves room for the validation evaluations.
+MECHANISM = _mechanism("mechanism", "mnist5k", {**STUDIES["default"].protocol, "validation": 2000},
+                       MECHANISM_LAMS, MECHANISM_SEEDS, 40.0)
+#: The same code paths in seconds: digits, 1 epoch on 128 images, two lams, two seeds.
+MECHANISM_SMOKE = _mechanism("mechanism_smoke", "digits",
+                             {**STUDIES["smoke"].protocol, "epochs": 1, "train_subset": 128,
+                              "width": 0.0625, "validation": 250},
+                             MECHANISM_LAMS[::5], MECHANISM_SEEDS[:2], 1.0)
+#: The pre-registered studies by profile; ``python -m locolib.plans mechanism`` trains one.
+PREREGISTERED: dict[str, Preregistration] = {p.study.profile: p for p in (MECHANISM, MECHANISM_SMOKE)}
+STUDIES.update({name: p.study for name, p in PREREGISTERED.items()})
+
+
+def mechanism_frame(plan: Preregistration, results_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per finished run of ``plan``: regularizer (the label), lam, seed, test_error,
+    val_error, clean_train_acc, realized_sq and realized_abs (:func:`locolib.reg.realized_factor`)
+    and key; the input of :mod:`locolib.stats`' best_lams, contrast_table, lam_curves and
+    convergence. Trains nothing."""
+    s = plan.study
+    rows = []
+    for a in s.arms:
+        for rec in finished_records(a.configs(s.dataset, s.protocol), results_dir):
+            cfg = RunConfig.from_dict(rec["config"])
+            rows.append({"regularizer": a.purpose, "lam": cfg.lam, "seed": cfg.seed,
+                         "test_error": rec["final"]["test_error"],
+                         "val_error": rec["final"]["val_error"],
+                         "clean_train_acc": rec["final"]["clean_train_acc"],
+                         "realized_sq": realized_factor(cfg, rec["weight_stats"], "sq"),
+                         "realized_abs": realized_factor(cfg, rec["weight_stats"], "abs"),
+                         "key": rec["key"]})
+    return pd.DataFrame(rows, columns=["regularizer", "lam", "seed", "test_error", "val_error",
+                                       "clean_train_acc", "realized_sq", "realized_abs", "key"])
 
 
 if __name__ == "__main__":

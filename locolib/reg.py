@@ -50,6 +50,9 @@ __all__ = [
     "loco_mask",
     "loco_penalty",
     "LocoDecay",
+    "PERMUTATION_3X3",
+    "permuted_mask",
+    "realized_factor",
     "region_mean",
     "layer_ratios",
     "modulate",
@@ -155,6 +158,23 @@ def loco_mask(
     return (mask / mask.mean()).to(torch.float32)
 
 
+#: The permuted-mask control's tap order (row-major 3 x 3): ``mask.flatten()[PERMUTATION_3X3]``.
+#: The nine factors stay, their positions change so that no tap keeps a factor of its own ring:
+#: the centre gets an edge factor, every edge neighbour a corner factor, the corners the centre's
+#: factor (top left) and three edge factors. LOCO-REG (0.5, 2), ``(0.5, 1, 2) / Z`` by ring,
+#: becomes ``[[0.5, 2, 1], [2, 1, 2], [1, 2, 1]] / Z``: the same mean and multiset of factors,
+#: but not radial (unequal factors within the corners), and its ring means (1, 2, 0.875) / Z
+#: neither rise nor fall with the distance from the centre.
+PERMUTATION_3X3: tuple[int, ...] = (4, 0, 1, 2, 3, 6, 5, 8, 7)
+
+
+def permuted_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3 ``mask`` with its taps in the order :data:`PERMUTATION_3X3`."""
+    if tuple(mask.shape) != (3, 3):
+        raise ValueError(f"the permuted mask is defined for 3x3 kernels, got shape {tuple(mask.shape)}")
+    return mask.reshape(-1)[list(PERMUTATION_3X3)].reshape(3, 3)
+
+
 # --------------------------------------------------------------------------------------------
 # Which weights are regularized
 # --------------------------------------------------------------------------------------------
@@ -172,20 +192,25 @@ def _per_layer(name: str, v: PerLayer, n: int) -> list[float]:
 
 
 def _layer_masks(
-    convs: Sequence[nn.Conv2d],
+    kernel_sizes: Sequence[int],
     gamma: PerLayer,
     eta: PerLayer,
     k_rings: Mapping[int, Sequence[float]] | None,
     extension: str,
+    permuted: bool = False,
 ) -> list[torch.Tensor]:
-    n = len(convs)
+    n = len(kernel_sizes)
     gs, es = _per_layer("gamma", gamma, n), _per_layer("eta", eta, n)
     k_rings = dict(k_rings or {})
     masks = []
-    for conv, g, e in zip(convs, gs, es):
-        k = conv.kernel_size[0]  # square and odd: spatial_convs checked it
-        masks.append(loco_mask(g, e, k, rings=k_rings.get(k), extension=extension))
+    for k, g, e in zip(kernel_sizes, gs, es):
+        mask = loco_mask(g, e, k, rings=k_rings.get(k), extension=extension)
+        masks.append(permuted_mask(mask) if permuted else mask)
     return masks
+
+
+def _sizes(convs: Sequence[nn.Conv2d]) -> list[int]:
+    return [c.kernel_size[0] for c in convs]  # square and odd: spatial_convs checked it
 
 
 def _no_spatial_error(model: nn.Module) -> ValueError:
@@ -213,7 +238,7 @@ def loco_penalty(
     convs = spatial_convs(model)
     if not convs:
         raise _no_spatial_error(model)
-    masks = _layer_masks(convs, gamma, eta, k_rings, extension)
+    masks = _layer_masks(_sizes(convs), gamma, eta, k_rings, extension)
     total = None
     for conv, mask in zip(convs, masks):
         w = conv.weight
@@ -238,6 +263,7 @@ class LocoDecay:
     Use: ``decay = LocoDecay(model, gamma, eta)``; give ``decay.params`` to the optimizer with
     ``weight_decay=0``; each step ``loss.backward(); decay.apply_(); opt.step()``. This gives the
     same gradients as ``(loss + decay.penalty()).backward()``. ``gamma = eta = 1`` is standard L2.
+    ``permuted``: every 3 x 3 mask with its taps moved by :data:`PERMUTATION_3X3` (a control).
 
     The coefficients ``2 lam mask`` are materialised once per kernel with the parameter's shape,
     dtype, device and memory format (channels_last included), so :meth:`apply_` is one fused
@@ -254,6 +280,7 @@ class LocoDecay:
         lam: float = 5e-4,
         k_rings: Mapping[int, Sequence[float]] | None = None,
         extension: str = "geometric",
+        permuted: bool = False,
     ) -> None:
         if not (lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lam must be a finite number >= 0, got {lam}")
@@ -261,7 +288,8 @@ class LocoDecay:
         convs = spatial_convs(model)
         if not convs:
             raise _no_spatial_error(model)
-        self.masks: list[torch.Tensor] = _layer_masks(convs, gamma, eta, k_rings, extension)
+        self.masks: list[torch.Tensor] = _layer_masks(_sizes(convs), gamma, eta, k_rings,
+                                                      extension, permuted)
         seen: set[int] = set()
         self.spatial: list[nn.Parameter] = []
         masks = []
@@ -490,21 +518,64 @@ class RegularizerSpec:
 
     build: Callable[[nn.Module, Any], Regularizer]
     description: str
+    #: ``masks(config, kernel_sizes)``: the per-layer k x k masks it applies to spatial kernels
+    #: (relative to lam), for :func:`realized_factor`; None where it has none.
+    masks: Callable[[Any, Sequence[int]], list[torch.Tensor]] | None = None
+
+
+def _loco_masks(config: Any, kernel_sizes: Sequence[int]) -> list[torch.Tensor]:
+    return _layer_masks(kernel_sizes, config.gamma, config.eta, None, "geometric",
+                        config.regularizer == "loco_permuted")
 
 
 def _loco_decay(model: nn.Module, config: Any) -> LocoDecay:
-    return LocoDecay(model, gamma=config.gamma, eta=config.eta, lam=config.lam)
+    return LocoDecay(model, gamma=config.gamma, eta=config.eta, lam=config.lam,
+                     permuted=config.regularizer == "loco_permuted")
 
 
 #: The regularizers by name (RunConfig's ``regularizer``). Adding one is one entry here (plus a
 #: test); its parameters, if it needs new ones, are RunConfig fields with defaults.
 REGULARIZER_REGISTRY: dict[str, RegularizerSpec] = {
-    "l2": RegularizerSpec(_loco_decay, "standard L2 on every conv and dense weight (gamma = eta = 1)"),
+    "l2": RegularizerSpec(_loco_decay, "standard L2 on every conv and dense weight (gamma = eta = 1)",
+                          _loco_masks),
     "loco": RegularizerSpec(_loco_decay, "LOCO-REG (Eq. 6.1): spatial kernels weighted by "
-                                         "(gamma, 1, eta) for centre, edges, corners"),
+                                         "(gamma, 1, eta) for centre, edges, corners", _loco_masks),
+    "loco_permuted": RegularizerSpec(
+        _loco_decay, "control: LOCO-REG's 3x3 mask of (gamma, eta) with its nine factors at "
+        "non-radial positions (PERMUTATION_3X3)", _loco_masks),
 }
 
 
 def build_regularizer(model: nn.Module, config: Any) -> Regularizer:
     """The regularizer that ``config.regularizer`` names, for ``model``."""
     return REGULARIZER_REGISTRY[config.regularizer].build(model, config)
+
+
+def realized_factor(config: Any, weight_stats: Sequence[Mapping[str, Any]],
+                    weighting: str = "sq") -> float:
+    """The mean mask factor that ``config``'s regularizer realized on a network's spatial kernels
+    (``weight_stats``: a record's, :func:`locolib.train.weight_stats`; ``config``: its
+    :class:`locolib.config.RunConfig`).
+
+    ``sum(mask * S) / sum(S)`` over every layer and tap, with ``S`` the per-tap sums of ``w**2``
+    (``weighting="sq"``: the spatial penalty over ``lam * sum(w**2)``, the decay realized
+    relative to L2 at the same lam) or of ``|w|`` (``"abs"``). Every mask has mean 1, so the
+    factor is 1 for L2 and for weights spread evenly over the taps; below 1 where the weights sit
+    on lightly penalized taps.
+    """
+    key = {"sq": "tap_sq_sum", "abs": "tap_abs_sum"}.get(weighting)
+    if key is None:
+        raise ValueError(f"weighting must be 'sq' or 'abs', got {weighting!r}")
+    if any(key not in e for e in weight_stats):
+        raise ValueError(f"the weight statistics have no {key!r} (a record made before it was "
+                         "kept); use weighting='abs'")
+    spec = REGULARIZER_REGISTRY[config.regularizer]
+    if spec.masks is None:
+        raise ValueError(f"regularizer {config.regularizer!r} declares no masks")
+    masks = spec.masks(config, [int(e["k"]) for e in weight_stats])
+    num = den = 0.0
+    for e, mask in zip(weight_stats, masks):
+        s = torch.tensor(e[key], dtype=torch.float64)
+        num += float((mask.double() * s).sum())
+        den += float(s.sum())
+    return num / den

@@ -155,7 +155,7 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
 
 #: What a record's final metrics may be (NaN and infinity are in no range).
 _FINAL_RANGES = {"test_error": 1.0, "test_acc": 1.0, "train_acc": 1.0, "test_loss": 1e300,
-                 "train_loss": 1e300}
+                 "train_loss": 1e300, "val_error": 1.0, "val_acc": 1.0, "val_loss": 1e300}
 
 
 def set_aside(path: str | Path, reason: str) -> Path | None:

@@ -21,7 +21,8 @@ from scipy import stats
 from locolib.config import config_fields
 from locolib.kernels import stars
 
-__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict", "compare"]
+__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict", "compare",
+           "holm", "best_lams", "lam_curves", "contrast_table", "convergence"]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
@@ -158,3 +159,84 @@ def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) ->
     cols = ["dataset", "network", "n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std", "difference",
             "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
     return pd.DataFrame(out, columns=cols)
+
+
+# --------------------------------------------------------------------------------------------
+# A pre-registered lambda sweep (chapter 05's mechanism study, locolib.plans.MECHANISM)
+# --------------------------------------------------------------------------------------------
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values of one family (same order as ``pvalues``): the
+    i-th smallest p times (m - i + 1), made monotone and capped at 1. Rejecting where the
+    adjusted p is below alpha controls the family-wise error rate at alpha."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(stepped, 1.0)
+    return out
+
+
+def best_lams(frame: pd.DataFrame, select: str = "val_error") -> pd.Series:
+    """Each regularizer's best ``lam``: the one of lowest mean ``select`` over seeds (the
+    validation error; never the test error), the smaller lam on a tie. ``frame``: one row per
+    run with columns ``regularizer``, ``lam``, ``seed`` and ``select``."""
+    if select.startswith("test"):
+        raise ValueError("lam is chosen on the validation split, never on the test set")
+    means = frame.groupby(["regularizer", "lam"])[select].mean().reset_index()
+    means = means.sort_values(["regularizer", select, "lam"], kind="stable")
+    return means.drop_duplicates("regularizer").set_index("regularizer")["lam"]
+
+
+def lam_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """The whole curve: per regularizer and ``lam``, the number of runs and the mean and
+    standard error over seeds of every metric ``frame`` has of test_error, val_error,
+    clean_train_acc, realized_sq, realized_abs."""
+    metrics = [c for c in ("test_error", "val_error", "clean_train_acc", "realized_sq",
+                           "realized_abs") if c in frame.columns]
+    g = frame.groupby(["regularizer", "lam"])
+    out = g[metrics].agg(["mean", "sem"])
+    out.columns = [f"{m}_{stat}" for m, stat in out.columns]
+    return out.assign(n=g.size()).reset_index()
+
+
+def contrast_table(frame: pd.DataFrame, hypotheses: Sequence, best: pd.Series,
+                   alpha: float = 0.05, value: str = "test_error", scale: float = 100.0,
+                   confidence: float = 0.95) -> pd.DataFrame:
+    """The pre-registered contrasts: for each hypothesis (``name``, ``contrast = (a, b)``,
+    ``direction`` "less" or "greater" for the expected sign of a - b, ``family``), arm a at its
+    best lam against arm b at its (``best``, :func:`best_lams`), paired over their shared seeds
+    on ``value`` times ``scale`` (percentage points). Columns: hypothesis, family, a, b, lam_a,
+    lam_b, n, difference (a - b) with its t interval (ci_low, ci_high), p (two-sided paired t,
+    scipy.stats.ttest_rel), p_holm (:func:`holm` within the family) and verdict: "supported"
+    (p_holm < alpha, expected sign), "contradicted" (p_holm < alpha, the other sign) or
+    "undetermined"."""
+    rows = []
+    for h in hypotheses:
+        a, b = h.contrast
+        runs = [frame[(frame.regularizer == r) & (frame.lam == best[r])].set_index("seed")[value]
+                for r in (a, b)]
+        seeds = sorted(set(runs[0].index) & set(runs[1].index))
+        if len(seeds) < 2:
+            raise ValueError(f"{h.name}: {a} and {b} share {len(seeds)} seed(s) at their best lam")
+        x, y = (scale * r.loc[seeds].to_numpy(float) for r in runs)
+        res = stats.ttest_rel(x, y)
+        ci = res.confidence_interval(confidence)
+        rows.append({"hypothesis": h.name, "family": h.family, "a": a, "b": b,
+                     "lam_a": best[a], "lam_b": best[b], "n": len(seeds),
+                     "direction": h.direction, "difference": float((x - y).mean()),
+                     "ci_low": float(ci.low), "ci_high": float(ci.high), "p": float(res.pvalue)})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = out.groupby("family")["p"].transform(lambda p: holm(p.to_numpy()))
+    expected = np.where(out.direction == "less", out.difference < 0, out.difference > 0)
+    out["verdict"] = np.where(out.p_holm >= alpha, "undetermined",
+                              np.where(expected, "supported", "contradicted"))
+    return out
+
+
+def convergence(frame: pd.DataFrame, by: Sequence[str] = ("regularizer", "lam"),
+                threshold: float = 0.99) -> pd.DataFrame:
+    """Per group of ``by``: runs, runs that end below ``threshold`` clean training accuracy
+    (the final network on the unaugmented training images) and their fraction."""
+    g = frame.assign(below=frame.clean_train_acc < threshold).groupby(list(by))["below"]
+    return pd.DataFrame({"n": g.size(), "below": g.sum(), "fraction_below": g.mean()}).reset_index()

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from locolib.config import PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION, RunConfig
-from locolib.data import DATASETS, augment_batch, load_dataset
+from locolib.data import DATASETS, augment_batch, load_dataset, validation_split
 from locolib.io import atomic_write_bytes, write_json
 from locolib.models import build_model
 from locolib.progress import progress_bar
@@ -395,8 +395,9 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
 
     One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
     ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
-    ``w`` (``tap_sum``) and ``|w|`` (``tap_abs_sum``), and for consecutive rings r, r+1 around
-    the centre (:func:`locolib.reg.ring_distances`: for 3x3 centre, edge neighbours, corners) the
+    ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for
+    consecutive rings r, r+1 around the centre (:func:`locolib.reg.ring_distances`: for 3x3
+    centre, edge neighbours, corners) the
     sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
     ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
     is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
@@ -413,6 +414,8 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": names.get(id(conv), ""), "shape": list(w.shape),
                                  "count": int(flat.shape[0]), "k": k,
                                  "ring_distances": ring_distances(k)}
+        # w**2 per tap: the realized penalty of any mask (locolib.reg.realized_factor)
+        entry["tap_sq_sum"] = flat.square().sum(0).reshape(k, k).tolist()
         for tag, v in (("", flat), ("abs_", flat.abs())):
             entry[f"tap_{tag}sum"] = v.sum(0).reshape(k, k).tolist()
             ring_means = torch.stack([v[:, rings == r].mean(1) for r in range(n_rings)], 1)
@@ -509,7 +512,13 @@ class _Run:
         self.y_train = y_train.to(device)
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
-        self.y_test = data.y_test.to(device)
+        x_test, y_test = data.x_test, data.y_test
+        x_val = y_val = None
+        if config.validation:  # part of the held-out images is the validation set
+            val, test = validation_split(y_test, config.validation, config.data_seed)
+            x_val, y_val = x_test[val], y_test[val].to(device)
+            x_test, y_test = x_test[test], y_test[test]
+        self.y_test, self.y_val = y_test.to(device), y_val
 
         kwargs = {} if config.init == "torch" else {"init": config.init}
         # Seeded init without touching the caller's RNG.
@@ -519,7 +528,8 @@ class _Run:
                                 width=config.width, kernel_size=config.kernel_size, **kwargs)
         self.memory_format = memory_format(device, model, config.channels_last)
         self.model = model.to(device=device, memory_format=self.memory_format)
-        self.x_test = self._normalize(data.x_test.to(device))
+        self.x_test = self._normalize(x_test.to(device))
+        self.x_val = None if x_val is None else self._normalize(x_val.to(device))
         self.decay = build_regularizer(self.model, config)
         self.step = TrainStep(self.model, self.decay, device, config.lr, config.momentum,
                               training_dtype(config, device), config.compile)
@@ -575,10 +585,12 @@ class _Run:
 
     @torch.no_grad()
     def evaluate(self, batch_size: int = 1000, split: str = "test") -> dict:
-        """Loss, accuracy and error on the test set, or on the (unaugmented) training set."""
+        """Loss, accuracy and error on the test set (``split="test"``), the validation set
+        (``"val"``) or the (unaugmented) training set (``"train"``)."""
         self.model.eval()
         dev = self.device
-        x_all, y_all = (self.x_test, self.y_test) if split == "test" else (self.x_train, self.y_train)
+        x_all, y_all = {"test": (self.x_test, self.y_test), "train": (self.x_train, self.y_train),
+                        "val": (self.x_val, self.y_val)}[split]
         n = len(y_all)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.int64)
@@ -639,15 +651,18 @@ def train(
     equal to an uninterrupted run only up to floating-point rounding.
 
     The record (JSON): ``format``, ``key``, ``config``, ``history`` (per epoch: epoch, lr,
-    train_loss, train_acc, test_loss, test_acc, test_error, penalty (the regularization term
+    train_loss, train_acc, test_loss, test_acc, test_error, with ``config.validation`` also
+    val_loss, val_acc, val_error (on the validation images), penalty (the regularization term
     lam * sum(mask * w**2) at the epoch's end), train_s, eval_s, epoch_s, images_per_s),
-    ``final`` (the last epoch's metrics), ``timing`` (total_s = train_s + eval_s, the
-    epochs' training and evaluation; per_epoch_s; images_per_s of training alone; wall_s, the
+    ``final`` (the last epoch's metrics, val_error among them with a validation set),
+    ``timing`` (total_s = train_s + eval_s, the epochs' training and evaluation; per_epoch_s;
+    images_per_s of training alone; wall_s, the
     whole run's wall time with setup, final evaluation and checkpoint writes (an interrupted
     segment counts up to its last checkpoint), and images_per_wall_s; checkpoint_s, the
     checkpoint writes; compile_s, the calls that built compiled graphs (part of train_s and
     eval_s); segments = number of processes that worked on the run), ``precision`` (autocast
     dtype, gradient scaler, fused SGD, the CUDA compute capability), ``n_train``, ``n_test``,
+    ``n_validation``,
     ``num_params``, ``milestones``, ``weight_stats`` (:func:`weight_stats`), plus provenance:
     ``versions``, ``device``, ``host``, ``git``, ``date`` (:func:`locolib.results.provenance`).
     """
@@ -724,6 +739,8 @@ def _train_locked(config, rpath, ckpath, device, progress, download, hook, model
                 t1 = _clock()
                 if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                     metrics.update(run.evaluate())
+                    if config.validation:
+                        metrics.update(run.evaluate(split="val"))
                 metrics["penalty"] = float(run.decay.penalty().detach())
                 synchronize(device)
                 t2 = _clock()
@@ -813,6 +830,8 @@ def _record(config: RunConfig, run: _Run, history: list, setup_s: float, segment
                 for k, v in h.items()} for h in history]
     final = {k: history[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc",
                                           "test_error")}
+    if config.validation:
+        final.update({k: history[-1][k] for k in ("val_loss", "val_acc", "val_error")})
     # The running train_acc above is measured on augmented batches while the weights change;
     # this is the final network's accuracy on the training images themselves.
     final.update({f"clean_{k}": v for k, v in run.evaluate(split="train").items()})
@@ -839,6 +858,7 @@ def _record(config: RunConfig, run: _Run, history: list, setup_s: float, segment
         },
         "n_train": len(run.y_train),
         "n_test": len(run.y_test),
+        "n_validation": config.validation,
         "num_classes": run.num_classes,
         "num_params": sum(p.numel() for p in run.model.parameters()),
         "memory_format": str(run.memory_format).removeprefix("torch."),

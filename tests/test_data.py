@@ -202,3 +202,19 @@ def test_a_registered_dataset_is_one_entry(monkeypatch):
     assert load_dataset("toy").x_test.shape == (8, 1, 32, 32)
     with pytest.raises(ValueError, match="unknown dataset 'toys'.*register one"):
         load_dataset("toys")
+
+
+def test_the_validation_split_is_disjoint_stratified_and_drawn_by_the_data_seed():
+    from locolib.data import validation_split
+
+    y = torch.arange(10).repeat_interleave(400)  # mnist5k's held-out images: 400 per class
+    val, test = validation_split(y, 2000, seed=3)
+    assert len(val) == len(test) == 2000
+    assert not set(val.tolist()) & set(test.tolist())
+    assert sorted(val.tolist() + test.tolist()) == list(range(4000))
+    assert torch.bincount(y[val]).tolist() == [200] * 10 == torch.bincount(y[test]).tolist()
+    again, _ = validation_split(y, 2000, seed=3)
+    other, _ = validation_split(y, 2000, seed=4)
+    assert torch.equal(val, again) and not torch.equal(val, other)
+    with pytest.raises(ValueError, match="between 0 and the 4000 held-out images"):
+        validation_split(y, 4000, seed=0)

@@ -1,8 +1,12 @@
 """The book's study (locolib.plans) and the regularization dose."""
 
+import math
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from locolib import plans
+from locolib import plans, stats
 from locolib.config import RunConfig
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
@@ -68,3 +72,104 @@ def test_smoke_study_trains_every_arm_and_reads_it_back(scratch_results):
     # Everything is on disk: a second call trains nothing and returns the same arms.
     again = plans.run_study("smoke", scratch_results, progress=False, log=None)
     assert [a.fields for a in again] == [a.fields for a in arms]
+
+
+def test_the_mechanism_study_is_the_preregistered_design():
+    plan = plans.MECHANISM
+    s = plans.study("mechanism")
+    assert s is plan.study and s.dataset == "mnist5k"
+    assert plan.lams[0] == plans.PAPER_LAM and len(plan.lams) >= 6
+    ratios = [b / a for a, b in zip(plan.lams, plan.lams[1:])]
+    assert ratios == pytest.approx([10 ** 0.5] * 5, rel=1e-3), "a log grid"
+    dose = plans.STUDIES["default"].arm("l2_dose/vgg13").fields["lam"]
+    assert plan.lams[-2] < dose < plan.lams[-1], "past the dose"
+    assert len(plan.seeds) == 12
+    # The same protocol as the default study's mnist5k VGG13 arms, plus a validation half.
+    assert dict(s.protocol) == {**plans.STUDIES["default"].protocol, "validation": 2000}
+    used = {seed for name in ("default", "smoke") for a in plans.STUDIES[name].arms for seed in a.seeds}
+    used |= set(plans.STUDIES["default"].parameter_arm.seeds) | set(plans.STUDIES["default"].table6_seeds)
+    assert not used & set(plan.seeds), "seeds disjoint from every seed that chose anything"
+    configs = s.configs()
+    assert len({c.key for c in configs}) == len(configs) == 6 * len(plan.lams) * 12
+    assert [c.seed for c in configs] == sorted(c.seed for c in configs), "seed-major"
+    assert all(c.data_seed == c.seed and c.validation == 2000 for c in configs)
+    cells = {(a.purpose, a.fields["lam"]) for a in s.arms}
+    assert cells == {(r, lam) for r in plan.regularizers for lam in plan.lams}
+    by = {a.purpose: a for a in s.arms}
+    assert (by["mirror"].fields["gamma"], by["mirror"].fields["eta"]) == (2.0, 0.5)
+    assert by["permuted"].regularizer == "loco_permuted"
+    assert by["strong_locality"].fields["gamma"] == plans.STRONG_LOCALITY["gamma"]
+    assert by["strong_anti_locality"].fields["eta"] == plans.STRONG_ANTI_LOCALITY["eta"]
+
+
+def test_the_hypotheses_name_arms_of_the_plan_and_one_primary_family():
+    plan = plans.MECHANISM
+    assert plan.alpha == 0.05 and plan.adjustment == "holm" and plan.select_on == "val_error"
+    assert {h.name: h.family for h in plan.hypotheses if h.family == "primary"} == {
+        "H1": "primary", "H2": "primary", "H3": "primary"}
+    contrasts = {h.name: h.contrast for h in plan.hypotheses}
+    assert contrasts["H1"] == ("loco", "l2") and contrasts["H2"] == ("loco", "mirror")
+    assert contrasts["H3"] == ("loco", "permuted")
+    assert contrasts["H4"] == ("strong_locality", "strong_anti_locality")
+    assert all(set(h.contrast) <= set(plan.regularizers) and h.direction in ("less", "greater")
+               for h in plan.hypotheses)
+
+
+def test_the_mechanism_summary_gives_runs_time_and_families():
+    assert plans.MECHANISM.summary() == (
+        "6 regularizers x 6 lams x 12 seeds = 432 runs, about 4.8 CPU-hours on one thread "
+        "(2.4 h wall time in two processes); families: primary: H1, H2, H3; secondary: H4, H5, H6")
+
+
+def test_the_mechanism_dry_run_lists_runs_and_time(capsys, tmp_path):
+    assert plans.main(["mechanism", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mechanism: 432 runs\n" in out and "432 todo" in out
+    assert "= 432 runs, about 4.8 CPU-hours" in out
+
+
+def _synthetic_frame(plan, rng):
+    """Test errors and validation errors of every run of ``plan``, without training."""
+    rows = []
+    for r in plan.regularizers:
+        for lam in plan.lams:
+            for seed in plan.seeds:
+                base = 0.05 + 0.01 * abs(math.log10(lam / plan.lams[2]))
+                shift = {"loco": -0.004, "strong_locality": -0.002}.get(r, 0.0)
+                rows.append({"regularizer": r, "lam": lam, "seed": seed,
+                             "test_error": base + shift + rng.normal(0, 0.001),
+                             "val_error": base + shift + rng.normal(0, 0.001),
+                             "clean_train_acc": 1.0 if lam < 0.1 else 0.98})
+    return pd.DataFrame(rows)
+
+
+def test_the_analysis_tests_exactly_the_preregistered_hypotheses():
+    plan = plans.MECHANISM
+    frame = _synthetic_frame(plan, np.random.default_rng(0))
+    best = stats.best_lams(frame, plan.select_on)
+    assert set(best) == {plan.lams[2]}
+    table = stats.contrast_table(frame, plan.hypotheses, best, plan.alpha)
+    assert [(r.hypothesis, (r.a, r.b), r.family, r.direction) for r in table.itertuples()] == [
+        (h.name, h.contrast, h.family, h.direction) for h in plan.hypotheses]
+    primary = table[table.family == "primary"]
+    assert primary.p_holm.to_numpy() == pytest.approx(stats.holm(primary.p.to_numpy()))
+    verdict = dict(zip(table.hypothesis, table.verdict))
+    assert verdict["H1"] == verdict["H2"] == verdict["H3"] == "supported"
+    assert verdict["H6"] == "undetermined"
+    conv = stats.convergence(frame)
+    assert (conv[conv.lam > 0.1].fraction_below == 1).all() and (conv[conv.lam < 0.1].below == 0).all()
+
+
+@pytest.mark.slow
+def test_the_mechanism_smoke_study_trains_and_is_analysed(scratch_results):
+    plan = plans.PREREGISTERED["mechanism_smoke"]
+    assert plans.main(["mechanism_smoke", "--quiet", "--results", str(scratch_results)]) == 0
+    frame = plans.mechanism_frame(plan, scratch_results)
+    assert len(frame) == len(plan.study.configs())
+    assert frame.val_error.between(0, 1).all() and frame.realized_sq.gt(0).all()
+    l2 = frame[frame.regularizer == "l2"]
+    assert l2.realized_sq.to_numpy() == pytest.approx(1.0)
+    best = stats.best_lams(frame)
+    table = stats.contrast_table(frame, plan.hypotheses, best)
+    assert list(table.hypothesis) == [h.name for h in plan.hypotheses]
+    assert len(stats.lam_curves(frame)) == len(plan.regularizers) * len(plan.lams)

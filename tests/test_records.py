@@ -289,3 +289,13 @@ def test_a_folder_at_the_lock_path_is_set_aside(records, tmp_path):
     assert rec["final"] == records[CONFIG.key]["final"] and not lock.exists()
     (kept,) = lock.parent.glob(f"{lock.name}.invalid-*")
     assert (kept / "inside").read_text() == "kept"
+
+
+def test_a_validation_error_out_of_range_makes_no_record(records, tmp_path):
+    good = records[CONFIG.key]
+    path = tmp_path / f"{CONFIG.key}.json"
+    path.write_text(json.dumps({**good, "final": {**good["final"], "val_error": 0.2}}))
+    assert read_record(path, CONFIG.key)["final"]["val_error"] == 0.2
+    path.write_text(json.dumps({**good, "final": {**good["final"], "val_error": 1.5}}))
+    with pytest.raises(ValueError, match="final val_error is 1.5"):
+        read_record(path, CONFIG.key)

@@ -406,3 +406,57 @@ def test_table6_accepts_models_and_rejects_bad_inputs():
     with pytest.raises(ValueError, match="eta_rule"):
         table6_parameters(ms, eta_rule="other")
     assert modulate(1.0, 7.0) == 1.0 and modulate(2.0, 1.5) == 2.5
+
+
+def test_the_permuted_mask_has_locos_factors_at_non_radial_positions():
+    from locolib.reg import permuted_mask
+
+    loco = loco_mask(0.5, 2.0)
+    perm = permuted_mask(loco)
+    assert sorted(perm.flatten().tolist()) == sorted(loco.flatten().tolist())
+    assert float(perm.mean()) == pytest.approx(1.0)
+    rings = ring_index(3)
+    # No tap keeps a factor of its own ring...
+    ring_of_value = {round(float(loco[rings == r][0]), 6): r for r in range(3)}
+    assert all(ring_of_value[round(float(perm[i, j]), 6)] != rings[i, j]
+               for i in range(3) for j in range(3))
+    # ... and the result is not radial: some ring holds unequal factors.
+    assert any(len(set(perm[rings == r].tolist())) > 1 for r in range(3))
+    z = (0.5 + 4 * 3) / 9
+    assert perm.flatten().tolist() == pytest.approx(
+        [0.5 / z, 2 / z, 1 / z, 2 / z, 1 / z, 2 / z, 1 / z, 2 / z, 1 / z])
+    with pytest.raises(ValueError, match="3x3"):
+        permuted_mask(loco_mask(0.5, 2.0, k=5))
+
+
+def test_the_permuted_regularizer_decays_with_the_permuted_mask():
+    from locolib.config import RunConfig
+    from locolib.reg import build_regularizer, permuted_mask
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False))
+    cfg = RunConfig("digits", "vgg13", "loco_permuted", 0, gamma=0.5, eta=2.0, lam=0.01)
+    decay = build_regularizer(model, cfg)
+    model[0].weight.grad = torch.zeros_like(model[0].weight)
+    decay.apply_()
+    expected = 2 * 0.01 * permuted_mask(loco_mask(0.5, 2.0)) * model[0].weight.detach()
+    assert torch.allclose(model[0].weight.grad, expected)
+    assert cfg.key != cfg.replace(regularizer="loco").key
+
+
+def test_the_realized_factor_weights_each_mask_by_where_the_weights_are():
+    from locolib.config import RunConfig
+    from locolib.reg import realized_factor
+
+    z = (0.5 + 4 * 3) / 9
+    centre = [[0.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]]
+    even = [[1.0] * 3] * 3
+    record = [{"k": 3, "tap_sq_sum": centre, "tap_abs_sum": even},
+              {"k": 3, "tap_sq_sum": centre, "tap_abs_sum": centre}]
+    loco = RunConfig("digits", "vgg13", "loco", 0, gamma=0.5, eta=2.0)
+    assert realized_factor(loco, record) == pytest.approx(0.5 / z)
+    # |w|: 9 units spread evenly (factor 1) and 4 at the centre (0.5 / Z)
+    assert realized_factor(loco, record, "abs") == pytest.approx((9 + 4 * 0.5 / z) / 13)
+    assert realized_factor(loco.replace(regularizer="loco_permuted"), record) == pytest.approx(1 / z)
+    assert realized_factor(RunConfig("digits", "vgg13", "l2", 0), record) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no 'tap_sq_sum'.*weighting='abs'"):
+        realized_factor(loco, [{"k": 3, "tap_abs_sum": even}])

@@ -74,3 +74,58 @@ def test_paired_table_pairs_by_seed_and_names_a_missing_reference():
     bad = pd.DataFrame(rows[8:])
     with pytest.raises(ValueError, match="reference arm 'l2' has no runs"):
         paired_table(bad)
+
+
+def test_holm_matches_hand_computed_adjustments():
+    from locolib.stats import holm
+
+    # sorted 0.01, 0.02, 0.03, 0.04 -> 4 * 0.01, 3 * 0.02, max(2 * 0.03, 0.06), max(0.04, 0.06)
+    assert holm([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # capped at 1, and monotone: 3 * 0.3 = 0.9 > 2 * 0.4 = 0.8 -> 0.9
+    assert holm([0.3, 0.4, 0.5]) == pytest.approx([0.9, 0.9, 0.9])
+    assert holm([0.6, 0.001]) == pytest.approx([0.6, 0.002])
+    assert holm([0.7, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_lam_is_chosen_on_validation_never_on_test():
+    from locolib.stats import best_lams, lam_curves
+
+    rows = [{"regularizer": "l2", "lam": lam, "seed": s, "test_error": te, "val_error": ve}
+            for s in range(3) for lam, te, ve in ((0.1, 0.01, 0.05), (0.2, 0.05, 0.02),
+                                                  (0.3, 0.05, 0.02))]
+    frame = pd.DataFrame(rows)
+    assert best_lams(frame)["l2"] == 0.2  # lowest validation error, the smaller lam on a tie
+    with pytest.raises(ValueError, match="never on the test set"):
+        best_lams(frame, "test_error")
+    curves = lam_curves(frame)
+    assert list(curves.lam) == [0.1, 0.2, 0.3] and (curves.n == 3).all()
+    assert curves.test_error_mean.tolist() == pytest.approx([0.01, 0.05, 0.05])
+
+
+def test_contrasts_pair_seeds_at_each_arms_own_lam_and_adjust_within_families():
+    from locolib.stats import contrast_table, holm
+
+    class H:
+        def __init__(self, name, contrast, direction, family):
+            self.name, self.contrast, self.direction, self.family = name, contrast, direction, family
+
+    rng = np.random.default_rng(1)
+    seeds = range(10)
+    noise = rng.normal(0, 0.01, 10)
+    rows = []
+    for r, lam, shift in (("a", 0.1, -0.02), ("b", 0.2, 0.0), ("c", 0.1, 0.0), ("a", 0.2, 0.5)):
+        rows += [{"regularizer": r, "lam": lam, "seed": s, "test_error": 0.1 + shift + noise[s]
+                  + rng.normal(0, 0.002), "val_error": 0.0} for s in seeds]
+    frame = pd.DataFrame(rows)
+    best = pd.Series({"a": 0.1, "b": 0.2, "c": 0.1})
+    hs = [H("x", ("a", "b"), "less", "f1"), H("y", ("a", "c"), "greater", "f1"),
+          H("z", ("b", "c"), "less", "f2")]
+    t = contrast_table(frame, hs, best)
+    a = 100 * frame[(frame.regularizer == "a") & (frame.lam == 0.1)].test_error.to_numpy()
+    b = 100 * frame[(frame.regularizer == "b") & (frame.lam == 0.2)].test_error.to_numpy()
+    res = st.ttest_rel(a, b)
+    assert t.p[0] == pytest.approx(res.pvalue) and t.difference[0] == pytest.approx((a - b).mean())
+    assert (t.ci_low[0], t.ci_high[0]) == pytest.approx(tuple(res.confidence_interval()))
+    assert t.p_holm[:2].tolist() == pytest.approx(holm(t.p[:2]).tolist())
+    assert t.p_holm[2] == pytest.approx(t.p[2])  # a family of one
+    assert t.verdict.tolist()[:2] == ["supported", "contradicted"]
