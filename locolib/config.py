@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from locolib.models import PADDING_MODES
 from locolib.reg import REGULARIZER_REGISTRY
 
 __all__ = [
@@ -109,6 +110,8 @@ class RunConfig:
                     protocol=True)
     pad: int = config_field(4, "random shifts of up to pad pixels (crop of the zero-padded image)",
                   protocol=True)
+    padding_mode: str = config_field("zeros", "how convolutions pad their input maps (zeros: the paper's)",
+                                     column=True, choices=PADDING_MODES)
     train_subset: int | None = config_field(None, "train on a fixed random subset of this many images",
                                   column=True, protocol=True)
     data_seed: int = config_field(0, "seed of the train/test split (where the dataset has one) and subset",
@@ -143,6 +146,8 @@ class RunConfig:
             set_(name, float(getattr(self, name)))
         if not self.width > 0 or not self.lr > 0 or self.lam < 0 or self.checkpoint_every < 0:
             raise ValueError("width and lr must be > 0, lam and checkpoint_every >= 0")
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         for name in ("gamma", "eta"):

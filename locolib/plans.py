@@ -50,6 +50,8 @@ FIXED_LOCO = LOCO_DEFAULT
 STRONG_LOCALITY = {"gamma": 0.1, "eta": 10.0}
 STRONG_ANTI_LOCALITY = {"gamma": 10.0, "eta": 0.1}
 TABLE6_CS = (0.5, 1.0, 1.5, 2.5)
+#: The modulation factor of the paper's Table 5 runs (Section 7).
+PAPER_C = 1.5
 
 
 @dataclass(frozen=True)
@@ -71,24 +73,39 @@ class Arm:
 
 @dataclass(frozen=True)
 class Study:
-    """A profile's study: the dataset, the protocol shared by every run, and the arms."""
+    """A profile's study: the dataset, the protocol shared by every run, and the arms.
+
+    Arms whose LOCO-REG parameters come from trained networks are built by
+    :meth:`layerwise_arms` once the :attr:`parameter_arms` (standard L2 on seeds disjoint from
+    every evaluated seed) have records: chapter 06's sweep over Table 6's c for
+    :attr:`table6_network`, and, for every network of :attr:`layerwise`, the paper's Table 5
+    LOCO-REG arm (Table 6's parameters at c = 1.5). ``design`` states what the study tests and
+    how its pairs were sized.
+    """
 
     profile: str
     dataset: str
     protocol: Mapping[str, Any]
     arms: tuple[Arm, ...]
-    parameter_arm: Arm  # L2 runs on disjoint seeds, only to derive Table 6's parameters
-    table6_network: str
-    table6_seeds: tuple[int, ...]
+    parameter_arms: tuple[Arm, ...] = ()
+    table6_network: str | None = None
+    table6_seeds: tuple[int, ...] = ()
     cs: tuple[float, ...] = TABLE6_CS
+    layerwise: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    design: str = ""
+
+    @property
+    def parameter_arm(self) -> Arm:
+        """The parameter arm of :attr:`table6_network` (chapter 06)."""
+        return next(a for a in self.parameter_arms if a.network == self.table6_network)
 
     def configs(self, arms: Iterable[Arm] | None = None) -> list[RunConfig]:
-        """The runs of ``arms`` (default: every arm but Table 6's), seed-major: a sweep stopped
-        half-way has complete pairs."""
+        """The runs of ``arms`` (default: every arm but the layer-wise ones), seed-major: a
+        sweep stopped half-way has complete pairs."""
         arms = list(self.arms if arms is None else arms)
         per_arm = [a.configs(self.dataset, self.protocol) for a in arms]
         out, seen = [], set()
-        for i in range(max(len(c) for c in per_arm)):
+        for i in range(max((len(c) for c in per_arm), default=0)):
             for runs in per_arm:
                 if i < len(runs) and runs[i].key not in seen:
                     seen.add(runs[i].key)
@@ -101,16 +118,23 @@ class Study:
                 return a
         raise KeyError(f"no arm {name!r}; arms: {[a.name for a in self.arms]}")
 
-    def table6_arms(self, parameter_records: Sequence[Mapping[str, Any]]) -> list[Arm]:
-        """LOCO-REG with Table 6's layer-wise parameters for every c, from the records of
-        :attr:`parameter_arm`, compared with the L2 arm of the same network."""
-        cell = f"{self.dataset}/{self.table6_network}"
-        arms = []
-        for c in self.cs:
-            p = table6_loco_params(parameter_records, c=c)[cell]
-            arms.append(Arm(f"table6_c{c:g}", self.table6_network, "loco", self.table6_seeds,
-                            {"gamma": p["gamma"], "eta": p["eta"]},
-                            reference=f"l2/{self.table6_network}", purpose="Table 6"))
+    def layerwise_arms(self, parameter_records: Sequence[Mapping[str, Any]]) -> list[Arm]:
+        """LOCO-REG with Table 6's layer-wise parameters, from the records of
+        :attr:`parameter_arms`, each compared with the L2 arm of its network: the paper's
+        Table 5 arm (``loco_table6/NET``, c = :data:`PAPER_C`) for every network of
+        :attr:`layerwise`, and ``table6_cC`` for every c of :attr:`cs` on
+        :attr:`table6_network` (chapter 06)."""
+        def arm(name: str, net: str, c: float, seeds: tuple[int, ...], purpose: str) -> Arm:
+            p = table6_loco_params(parameter_records, c=c)[f"{self.dataset}/{net}"]
+            extra = next(a.fields for a in self.parameter_arms if a.network == net)
+            return Arm(name, net, "loco", seeds, {**extra, "gamma": p["gamma"], "eta": p["eta"]},
+                       reference=f"l2/{net}", purpose=purpose)
+
+        arms = [arm(f"loco_table6/{net}", net, PAPER_C, seeds, "Table 5")
+                for net, seeds in self.layerwise.items()]
+        if self.table6_network is not None:
+            arms += [arm(f"table6_c{c:g}", self.table6_network, c, self.table6_seeds, "Table 6")
+                     for c in self.cs]
         return arms
 
 
@@ -152,10 +176,13 @@ def _study(profile: str, dataset: str, protocol: Mapping[str, Any],
     return Study(
         profile, dataset, dict(protocol),
         tuple(_arms(networks, pairs, dose, controls, protocol, dataset)),
-        # Seeds from 1000 on: disjoint from every evaluated seed.
-        Arm(f"l2_parameters/{net}", net, "l2", tuple(range(1000, 1000 + parameter_runs)), extra,
-            purpose="Table 6 parameters"),
-        net, tuple(range(table6_pairs)))
+        (_parameter_arm(net, extra, parameter_runs),), net, tuple(range(table6_pairs)))
+
+
+def _parameter_arm(net: str, extra: Mapping[str, Any], runs: int) -> Arm:
+    # Seeds from 1000 on: disjoint from every evaluated seed.
+    return Arm(f"l2_parameters/{net}", net, "l2", tuple(range(1000, 1000 + runs)), dict(extra),
+               purpose="Table 6 parameters")
 
 
 _OFFLINE = dict(epochs=30, batch_size=64, lr=0.1, width=0.125, pad=2, eval_every=10)
@@ -190,6 +217,38 @@ STUDIES: dict[str, Study] = {
                              ("gpu_fashion_mnist", "fashion_mnist"))},
 }
 
+#: The padding study (chapter 07): does zero padding make the upper layers local?
+PADDING_PAIRS = 20
+PADDING_UPPER_LAYERS = (7, 8, 9, 10)  # VGG13's convolutions on 4 x 4 and 2 x 2 maps (1-based)
+PADDING_DESIGN = f"""\
+Hypothesis: in VGG13's convolutions on 4x4 and 2x2 maps (layers {PADDING_UPPER_LAYERS}), zero
+padding puts zeros under the outer taps at most output positions (on a 2x2 map a corner tap sees
+an image value at one position of four, an edge tap at two, the centre at all four), so the outer
+taps get less gradient and are shrunk by L2: the locality of those layers is partly an effect of
+padding. Reflect padding puts image values under every tap at every position.
+Arms: the default study's L2 arm of VGG13 on mnist5k (zero padding, its committed records) and
+the same runs with reflect padding, paired by seed ({PADDING_PAIRS} seeds; the analysis uses
+every complete pair, at least 10).
+Primary contrast, per layer: the paired difference zero - reflect of the log of two magnitude
+ratios of the layer's kernels, mean |w| of the centre over the edge neighbours and of the edge
+neighbours over the corners; paired t test per layer, Holm-adjusted over the ten layers of each
+ratio. Expected direction: zero > reflect in layers {PADDING_UPPER_LAYERS} for both ratios.
+Reading: confirmed if every upper layer shows zero > reflect at adjusted p < .05 for at least
+one ratio; corrected if no upper layer does; open otherwise."""
+
+
+def _padding_study(base: Study) -> Study:
+    """Zero against reflect padding for ``base``'s L2 arm of VGG13, seed by seed."""
+    l2 = base.arm("l2/vgg13")
+    seeds = tuple(range(PADDING_PAIRS))
+    return Study("padding", base.dataset, base.protocol, (
+        Arm("zeros/vgg13", "vgg13", "l2", seeds, l2.fields, purpose="padding"),
+        Arm("reflect/vgg13", "vgg13", "l2", seeds, {**l2.fields, "padding_mode": "reflect"},
+            reference="zeros/vgg13", purpose="padding")), design=PADDING_DESIGN)
+
+
+STUDIES["padding"] = _padding_study(STUDIES["default"])
+
 
 #: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
 #: weights kept for feature maps and filters.
@@ -221,8 +280,10 @@ def run_study(profile: str, results_dir: str | Path | None = None, **sweep: Any)
     first: its LOCO-REG arms depend on them) and return all arms, Table 6's included.
     ``sweep``: keyword arguments of :func:`locolib.sweep.run_sweep` (device, progress, ...)."""
     s = study(profile)
-    params = run_sweep(s.configs([s.parameter_arm]), results_dir, wait=True, **sweep)
-    arms = [*s.arms, *s.table6_arms(params)]
+    arms = list(s.arms)
+    if s.parameter_arms:
+        params = run_sweep(s.configs(s.parameter_arms), results_dir, wait=True, **sweep)
+        arms += s.layerwise_arms(params)
     run_sweep(s.configs(arms), results_dir, wait=True, **sweep)
     return arms
 
@@ -268,9 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.dry_run:
         s = study(a.profile)
-        configs = s.configs([s.parameter_arm, *s.arms])
-        print(f"{a.profile}: {len(configs)} runs, then Table 6's LOCO-REG runs, whose parameters "
-              "come from the first arm's records")
+        configs = s.configs([*s.parameter_arms, *s.arms])
+        print(f"{a.profile}: {len(configs)} runs"
+              + (", then the LOCO-REG runs with Table 6's parameters, which come from the "
+                 "parameter arms' records" if s.parameter_arms else ""))
+        if s.design:
+            print(s.design)
         print_status(configs, a.results)
         return 0
 
