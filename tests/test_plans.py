@@ -68,3 +68,14 @@ def test_smoke_study_trains_every_arm_and_reads_it_back(scratch_results):
     # Everything is on disk: a second call trains nothing and returns the same arms.
     again = plans.run_study("smoke", scratch_results, progress=False, log=None)
     assert [a.fields for a in again] == [a.fields for a in arms]
+
+
+def test_the_padding_study_reuses_the_committed_zero_padding_runs():
+    pad, default = plans.study("padding"), plans.study("default")
+    zeros, reflect = pad.arm("zeros/vgg13"), pad.arm("reflect/vgg13")
+    assert reflect.reference == zeros.name and len(zeros.seeds) >= 10
+    committed = {c.key for c in default.arm("l2/vgg13").configs(default.dataset, default.protocol)}
+    assert {c.key for c in zeros.configs(pad.dataset, pad.protocol)} <= committed
+    for z, r in zip(zeros.configs(pad.dataset, pad.protocol), reflect.configs(pad.dataset, pad.protocol)):
+        assert z.replace(padding_mode="reflect") == r and z.padding_mode == "zeros"
+    assert "Expected direction: zero > reflect" in pad.design, "pre-registered before training"
