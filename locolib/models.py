@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["build_model", "MODEL_NAMES", "PADDING_MODES", "NETWORKS", "NetworkSpec", "VGG13", "MobileNet", "ResNet18", "BasicBlock"]
+__all__ = ["build_model", "MODEL_NAMES", "PADDING_MODES", "NETWORKS", "NetworkSpec", "VGG13", "MobileNet",
+           "ResNet18", "BasicBlock"]
 
 INPUT_SIZE = 32
 #: How a convolution pads its input (``torch.nn.Conv2d``'s ``padding_mode``); "zeros" is the default.

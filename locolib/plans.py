@@ -237,17 +237,19 @@ Reading: confirmed if every upper layer shows zero > reflect at adjusted p < .05
 one ratio; corrected if no upper layer does; open otherwise."""
 
 
-def _padding_study(base: Study) -> Study:
+def _padding_study(base: Study, profile: str, pairs: int) -> Study:
     """Zero against reflect padding for ``base``'s L2 arm of VGG13, seed by seed."""
     l2 = base.arm("l2/vgg13")
-    seeds = tuple(range(PADDING_PAIRS))
-    return Study("padding", base.dataset, base.protocol, (
+    seeds = tuple(range(pairs))
+    return Study(profile, base.dataset, base.protocol, (
         Arm("zeros/vgg13", "vgg13", "l2", seeds, l2.fields, purpose="padding"),
         Arm("reflect/vgg13", "vgg13", "l2", seeds, {**l2.fields, "padding_mode": "reflect"},
             reference="zeros/vgg13", purpose="padding")), design=PADDING_DESIGN)
 
 
-STUDIES["padding"] = _padding_study(STUDIES["default"])
+STUDIES["padding"] = _padding_study(STUDIES["default"], "padding", PADDING_PAIRS)
+#: Chapter 07's smoke profile: the same code path in seconds.
+STUDIES["padding_smoke"] = _padding_study(STUDIES["smoke"], "padding_smoke", 2)
 
 
 #: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their

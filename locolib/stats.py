@@ -21,7 +21,7 @@ from scipy import stats
 from locolib.config import config_fields
 from locolib.kernels import stars
 
-__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict", "compare"]
+__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict", "compare", "holm"]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
@@ -158,3 +158,17 @@ def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) ->
     cols = ["dataset", "network", "n_l2", "n_loco", "l2_mean", "loco_mean", "l2_std", "loco_std", "difference",
             "rel_difference", "t", "dof", "p_two_sided", "p_one_sided", "stars", "ci_low", "ci_high"]
     return pd.DataFrame(out, columns=cols)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of ``pvalues`` (family-wise error rate): the i-th smallest
+    p is multiplied by (m - i + 1), made non-decreasing in that order and capped at 1; an
+    adjusted p < alpha rejects at family-wise level alpha. Same order as the input."""
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"pvalues must be a sequence of probabilities in [0, 1], got {pvalues!r}")
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p)
+    out[order] = adjusted
+    return out

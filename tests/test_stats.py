@@ -74,3 +74,15 @@ def test_paired_table_pairs_by_seed_and_names_a_missing_reference():
     bad = pd.DataFrame(rows[8:])
     with pytest.raises(ValueError, match="reference arm 'l2' has no runs"):
         paired_table(bad)
+
+
+def test_holm_matches_the_step_down_rule():
+    from locolib.stats import holm
+
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert len(holm([])) == 0
+    with pytest.raises(ValueError, match="probabilities"):
+        holm([0.1, 1.5])
