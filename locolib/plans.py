@@ -332,6 +332,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
 #: The padding study (chapter 07): does zero padding make the upper layers local?
 PADDING_PAIRS = 20
 PADDING_UPPER_LAYERS = (7, 8, 9, 10)  # VGG13's convolutions on 4 x 4 and 2 x 2 maps (1-based)
+PADDING_PAIRS_RESNET18 = 10
+PADDING_UPPER_LAYERS_RESNET18 = (15, 16, 17)  # ResNet18's spatial convolutions on 4 x 4 maps
 PADDING_DESIGN = f"""\
 Hypothesis: in VGG13's convolutions on 4x4 and 2x2 maps (layers {PADDING_UPPER_LAYERS}), zero
 padding puts zeros under the outer taps at most output positions (on a 2x2 map a corner tap sees
@@ -346,22 +348,28 @@ ratios of the layer's kernels, mean |w| of the centre over the edge neighbours a
 neighbours over the corners; paired t test per layer, Holm-adjusted over the ten layers of each
 ratio. Expected direction: zero > reflect in layers {PADDING_UPPER_LAYERS} for both ratios.
 Reading: confirmed if every upper layer shows zero > reflect at adjusted p < .05 for at least
-one ratio; corrected if no upper layer does; open otherwise."""
+one ratio; corrected if no upper layer does; open otherwise.
+Secondary (added after the VGG13 runs, before any ResNet18 run): ResNet18, the default study's L2
+arm (zero padding, committed) against reflect padding, {PADDING_PAIRS_RESNET18} seeds; the same
+contrast for its layers on 4x4 maps (layers {PADDING_UPPER_LAYERS_RESNET18}), expected zero >
+reflect, read the same way."""
 
 
-def _padding_study(base: Study, profile: str, pairs: int) -> Study:
-    """Zero against reflect padding for ``base``'s L2 arm of VGG13, seed by seed."""
-    l2 = base.arm("l2/vgg13")
-    seeds = tuple(range(pairs))
-    return Study(profile, base.dataset, base.protocol, (
-        Arm("zeros/vgg13", "vgg13", "l2", seeds, l2.fields, purpose="padding"),
-        Arm("reflect/vgg13", "vgg13", "l2", seeds, {**l2.fields, "padding_mode": "reflect"},
-            reference="zeros/vgg13", purpose="padding")), design=PADDING_DESIGN)
+def _padding_study(base: Study, profile: str, pairs: Mapping[str, int]) -> Study:
+    """Zero against reflect padding for ``base``'s L2 arms of ``pairs``' networks, seed by seed."""
+    arms = []
+    for net, n in pairs.items():
+        l2, seeds = base.arm(f"l2/{net}"), tuple(range(n))
+        arms += [Arm(f"zeros/{net}", net, "l2", seeds, l2.fields, purpose="padding"),
+                 Arm(f"reflect/{net}", net, "l2", seeds, {**l2.fields, "padding_mode": "reflect"},
+                     reference=f"zeros/{net}", purpose="padding")]
+    return Study(profile, base.dataset, base.protocol, tuple(arms), design=PADDING_DESIGN)
 
 
-STUDIES["padding"] = _padding_study(STUDIES["default"], "padding", PADDING_PAIRS)
+STUDIES["padding"] = _padding_study(STUDIES["default"], "padding",
+                                    {"vgg13": PADDING_PAIRS, "resnet18": PADDING_PAIRS_RESNET18})
 #: Chapter 07's smoke profile: the same code path in seconds.
-STUDIES["padding_smoke"] = _padding_study(STUDIES["smoke"], "padding_smoke", 2)
+STUDIES["padding_smoke"] = _padding_study(STUDIES["smoke"], "padding_smoke", {"vgg13": 2, "resnet18": 2})
 
 
 #: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
