@@ -705,32 +705,32 @@ def layer_tests(layers: Sequence[Any], absolute: bool = True, permutations: int 
 
 def paired_layer_contrast(layers: pd.DataFrame, arm: str, first: str, second: str,
                           confidence: float = 0.95) -> pd.DataFrame:
-    """Chapter 07's padding study: per layer and ratio of :data:`RATIOS`, runs with
-    ``layers[arm] == first`` against runs with ``== second`` of the same seed.
+    """Chapter 07's padding study: per network, layer and ratio of :data:`RATIOS`, runs with
+    ``layers[arm] == first`` against runs with ``== second`` of the same network and seed.
 
-    ``layers``: rows of :func:`locolib.inspection.run_layers` (columns seed, layer, map, the
-    ratios and ``arm``). Per layer and ratio: the number of pairs, each arm's geometric mean,
+    ``layers``: rows of :func:`locolib.inspection.run_layers` (columns network, seed, layer, map,
+    the ratios and ``arm``). Per layer and ratio: the number of pairs, each arm's geometric mean,
     ``change`` = exp(mean paired difference of the log ratios) (first over second: 1.10 means
     the ratio is 10% larger under ``first``) with its t ``confidence`` interval, the two-sided
     paired t-test's ``p`` and ``p_holm``, Holm-adjusted over the layers of that ratio
-    (:func:`locolib.stats.holm`).
+    (:func:`locolib.stats.holm`) over the layers of that network and ratio.
     """
     rows = []
-    for (layer, size), g in layers.groupby(["layer", "map"], sort=True):
+    for (network, layer, size), g in layers.groupby(["network", "layer", "map"], sort=True):
         for a, b in RATIOS:
             name = f"{a}/{b}"
             wide = g.pivot_table(index="seed", columns=arm, values=name).dropna(subset=[first, second])
             if len(wide) < 2:
-                raise ValueError(f"layer {layer}: {len(wide)} complete pair(s) of {first!r} and "
+                raise ValueError(f"{network}, layer {layer}: {len(wide)} complete pair(s) of {first!r} and "
                                  f"{second!r}; train the missing runs first")
             d = np.log(wide[first].to_numpy(float)) - np.log(wide[second].to_numpy(float))
             res = st.ttest_1samp(d, 0.0)
             ci = res.confidence_interval(confidence)
-            rows.append({"layer": layer, "map": size, "ratio": name, "pairs": len(d),
+            rows.append({"network": network, "layer": layer, "map": size, "ratio": name, "pairs": len(d),
                          first: math.exp(np.log(wide[first]).mean()),
                          second: math.exp(np.log(wide[second]).mean()),
                          "change": math.exp(d.mean()), "change low": math.exp(ci.low),
                          "change high": math.exp(ci.high), "p": float(res.pvalue)})
     out = pd.DataFrame(rows)
-    out["p_holm"] = out.groupby("ratio")["p"].transform(lambda p: holm(p.to_numpy()))
+    out["p_holm"] = out.groupby(["network", "ratio"])["p"].transform(lambda p: holm(p.to_numpy()))
     return out

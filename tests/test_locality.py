@@ -559,12 +559,16 @@ def test_paired_layer_contrast_pairs_by_seed_and_holm_adjusts_over_layers():
         for layer, effect in ((1, 1.0), (2, 1.3)):
             base = rng.uniform(1.0, 1.2)
             for arm, factor in (("zeros", effect), ("reflect", 1.0)):
-                rows.append({"seed": seed, "layer": layer, "map": 4, "padding_mode": arm,
+                rows.append({"network": "toy", "seed": seed, "layer": layer, "map": 4, "padding_mode": arm,
                              "c/n": base * factor * rng.uniform(0.99, 1.01), "n/co": base})
     out = lo.paired_layer_contrast(pd.DataFrame(rows), "padding_mode", "zeros", "reflect")
     cn = out[out.ratio == "c/n"].set_index("layer")
     assert cn.loc[2, "change"] == pytest.approx(1.3, rel=0.02) and cn.loc[2, "p_holm"] < 1e-6
     assert cn.loc[1, "change low"] < 1 < cn.loc[1, "change high"]
     assert (cn.p_holm >= cn.p).all() and cn.pairs.tolist() == [8, 8]
+    # a second network is a family of its own: its layers do not enter the first one's Holm
+    two = pd.concat([pd.DataFrame(rows), pd.DataFrame(rows).assign(network="other")])
+    both = lo.paired_layer_contrast(two, "padding_mode", "zeros", "reflect")
+    assert both[both.network == "toy"].p_holm.tolist() == pytest.approx(out.p_holm.tolist(), nan_ok=True)
     with pytest.raises(ValueError, match="complete pair"):
         lo.paired_layer_contrast(pd.DataFrame(rows[:3]), "padding_mode", "zeros", "reflect")
