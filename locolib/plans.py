@@ -18,8 +18,17 @@ training and 4,000 test images of real MNIST):
 * Table 6: layer-wise parameters from L2 runs on seeds disjoint from the evaluated ones, and
   LOCO-REG trained with every modulation factor c of the paper.
 
+The GPU profiles test Table 5 as the paper printed it: LOCO-REG with Table 6's layer-wise
+parameters (c = 1.5) for every network, from parameter runs of that network on disjoint seeds.
+``paper_cifar10``, ``paper_cifar100`` and ``paper_fashion_mnist`` (the group ``paper``) are the
+paper's design itself (250 epochs, full width), with pairs sized from the spread its stars allow
+(:func:`paper_paired_sd`); ``gpu*`` and ``colab`` are the same design at 15 epochs. Each states
+its dose, pairs and paired SD in :attr:`Study.design`; :mod:`locolib.budget` prices it. The
+``padding`` study (chapter 07) changes only the padding of the default study's L2 runs.
+
 ``python -m locolib.plans default`` trains a profile (run it in two shells at once to use two
-cores: runs are claimed with lock files); the chapters read the records.
+cores: runs are claimed with lock files); ``--dry-run`` lists it, with cost and power for a GPU
+profile. The chapters read the records.
 """
 
 from __future__ import annotations
