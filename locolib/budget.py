@@ -7,8 +7,8 @@ measured once per network and width with :class:`torch.utils.flop_counter.FlopCo
 evaluations and the final evaluation on the training images; the seconds are
 ``flops / device.flops_per_s + (steps + evaluation batches) * device.step_overhead_s``, the
 second term for what does not scale with the network (kernel launches, Python). A device's two
-figures are stated with their source in :data:`DEVICES`; benchmarks/gpu_check.py measures the
-images/s they should be replaced with.
+figures are stated with their source in :func:`devices`: the H100's measured by
+benchmarks/gpu_check.py, the others assumed until it is run on them.
 
 Decision: both arms of a comparison share seeds (initialisation, batch order, augmentation),
 so the test of a difference is a paired t test over ``n`` seeds. With ``sd_diff`` the standard
@@ -35,8 +35,9 @@ from locolib.data import dataset_spec
 from locolib.models import build_model
 from locolib.plans import FIXED_LOCO, Arm, Study, study
 
-__all__ = ["Device", "DEVICES", "Capacity", "CAPACITY", "flops_per_image", "run_seconds",
-           "study_runs", "study_seconds", "detectable_effect", "paired_sd", "profile_summary"]
+__all__ = ["Device", "devices", "PROFILE_DEVICE", "H100_RESNET18_IMAGES_PER_S", "flops_per_image",
+           "run_seconds", "study_runs", "study_seconds", "detectable_effect", "paired_sd",
+           "profile_summary", "comparisons"]
 
 
 @dataclass(frozen=True)
@@ -50,39 +51,47 @@ class Device:
     source: str
 
 
-#: Assumed figures (no GPU was at hand when they were set): to be replaced by measured ones.
-DEVICES: dict[str, Device] = {
-    "t4": Device("NVIDIA T4 (Colab's free GPU), float16", 8e12, 3e-3,
-                 "assumed: 8 TFLOP/s is 12% of the T4's float16 tensor-core peak of 65 TFLOP/s, "
-                 "about 2,400 ResNet18 training images/s (3.3 GFLOP each); 3 ms per step for "
-                 "kernel launches"),
-    "h100": Device("NVIDIA H100, bfloat16", 50e12, 2e-3,
-                   "assumed: half of the device check's goal of 30,000 ResNet18 training "
-                   "images/s (100 TFLOP/s); 2 ms per step"),
-}
+#: The H100's ResNet18 training rate measured by benchmarks/gpu_check.py (part A) on 2026-12-06.
+H100_RESNET18_IMAGES_PER_S = 10_222
 
 
-@dataclass(frozen=True)
-class Capacity:
-    """Where a profile runs and the spread of its paired differences (test error, pp)."""
+def _measured_h100() -> Device:
+    """The H100 from its measured ResNet18 rate: FLOPs per training image times images/s. The
+    rate is whole training steps, so per-step costs are inside it (no separate overhead)."""
+    flops = flops_per_image("resnet18", 1.0, 3, 10)[0] * H100_RESNET18_IMAGES_PER_S
+    return Device("NVIDIA H100 80GB HBM3, bfloat16", flops, 0.0,
+                  f"measured 2026-12-06, benchmarks/gpu_check.py part A "
+                  f"(benchmarks/results/gpu_check-2026-12-06-h100.json): ResNet18 at full width, "
+                  f"batch 128, bfloat16 autocast, channels_last, no torch.compile, "
+                  f"{H100_RESNET18_IMAGES_PER_S:,} training images/s (steady state, synthetic "
+                  f"CIFAR-shaped data) = {flops / 1e12:.1f} TFLOP/s at "
+                  f"{flops_per_image('resnet18', 1.0, 3, 10)[0] / 1e9:.2f} GFLOP per training "
+                  "image; per-step costs are inside that rate, so networks with less work per "
+                  "step (MobileNet) are likely underestimated")
 
-    device: str  # a key of DEVICES
-    sd_diff: float
-    sd_source: str
+
+@cache
+def devices() -> dict[str, Device]:
+    """The devices a profile's cost is estimated for: the H100 measured, the T4 and A100
+    assumed (no measurement yet: replace them with gpu_check.py's figures)."""
+    h100 = _measured_h100()
+    return {
+        "t4": Device("NVIDIA T4 (Colab's free GPU), float16", 8e12, 3e-3,
+                     "assumed: 8 TFLOP/s is 12% of the T4's float16 tensor-core peak of "
+                     "65 TFLOP/s, about 2,400 ResNet18 training images/s (3.3 GFLOP each); 3 ms "
+                     "per step for kernel launches"),
+        "a100": Device("NVIDIA A100, bfloat16", h100.flops_per_s / 2, 0.0,
+                       "assumed: half the measured H100 rate (the H100 trains convolutional "
+                       f"networks 1.5-2.5 times as fast), {h100.flops_per_s / 2e12:.1f} TFLOP/s, "
+                       "per-step costs inside it as for the H100"),
+        "h100": h100,
+    }
 
 
-_CIFAR_SD = ("the paper's Table 5 stars (one-sided t tests over 20 + 20 runs) bound the "
-             "spread of a 250-epoch CIFAR run's test error by about 0.15-0.3 pp; ")
-#: The profiles of :data:`locolib.plans.STUDIES` that train on a GPU.
-CAPACITY: dict[str, Capacity] = {
-    "colab": Capacity("t4", 0.6, "assumed: " + _CIFAR_SD + "runs of 10 epochs on 10,000 "
-                      "images spread about twice as much, and a paired difference about "
-                      "sqrt(2) times one run's spread"),
-    **{name: Capacity("h100", 0.35, "assumed: " + _CIFAR_SD + "15-epoch runs on the full "
-                      "training sets somewhat more; a paired difference about sqrt(2) times "
-                      "one run's spread")
-       for name in ("gpu", "gpu_cifar100", "gpu_fashion_mnist")},
-}
+#: Where each GPU profile is meant to run.
+PROFILE_DEVICE: dict[str, str] = {"colab": "t4", "gpu": "h100", "gpu_cifar100": "h100",
+                                  "gpu_fashion_mnist": "h100", "paper_cifar10": "h100",
+                                  "paper_cifar100": "h100", "paper_fashion_mnist": "h100"}
 
 
 @cache
@@ -118,12 +127,16 @@ def run_seconds(config: RunConfig, device: Device, eval_batch: int = 1000) -> fl
 
 
 def study_runs(s: Study) -> list[RunConfig]:
-    """Every run of a study: its arms, Table 6's parameter runs, and Table 6's LOCO-REG runs
-    (counted with the fixed LOCO-REG: they cost what runs with layer-wise values cost)."""
-    table6 = [Arm(f"table6_c{c:g}", s.table6_network, "loco", s.table6_seeds,
-                  {**s.parameter_arm.fields, **FIXED_LOCO}) for c in s.cs]
-    return [cfg for arm in (*s.arms, s.parameter_arm, *table6)
-            for cfg in arm.configs(s.dataset, s.protocol)]
+    """Every run of a study: its arms, its parameter runs, and the LOCO-REG runs with Table 6's
+    parameters (counted with the fixed LOCO-REG: they cost what runs with layer-wise values
+    cost; a run that two arms share is counted once)."""
+    fixed = {a.network: {**a.fields, **FIXED_LOCO} for a in s.parameter_arms}
+    layerwise = [Arm(f"loco_table6/{net}", net, "loco", seeds, fixed[net])
+                 for net, seeds in s.layerwise.items()]
+    if s.table6_network is not None:
+        layerwise += [Arm(f"table6_c{c:g}", s.table6_network, "loco", s.table6_seeds,
+                          fixed[s.table6_network]) for c in s.cs]
+    return s.configs([*s.arms, *s.parameter_arms, *layerwise])
 
 
 def study_seconds(s: Study, device: Device) -> float:
@@ -154,18 +167,30 @@ def paired_sd(s: Study, arm: str, records: Iterable[Mapping[str, Any]]) -> tuple
     return (statistics.stdev(diffs) if len(diffs) > 1 else math.nan), len(diffs)
 
 
+def comparisons(s: Study) -> dict[str, tuple[str, int]]:
+    """Every paired comparison of a study: name -> (network, pairs)."""
+    out = {a.name: (a.network, len(a.seeds)) for a in s.arms if a.reference is not None}
+    out.update({f"loco_table6/{net}": (net, len(seeds)) for net, seeds in s.layerwise.items()})
+    if s.table6_network is not None:
+        out["table6"] = (s.table6_network, len(s.table6_seeds))
+    return out
+
+
 def profile_summary(profile: str) -> dict[str, Any]:
-    """A GPU profile's runs, estimated hours on its device, and the smallest effect (pp) each
-    of its comparisons detects (:data:`CAPACITY`)."""
-    s, cap = study(profile), CAPACITY[profile]
-    device = DEVICES[cap.device]
+    """A GPU profile's runs, estimated hours on each device of :func:`devices` (``hours``: on
+    the profile's own device, :data:`PROFILE_DEVICE`), the paired SD its pairs were sized with
+    and the smallest effect (pp) each comparison detects (power 0.8, two-sided 5%)."""
+    s = study(profile)
+    if not s.paired_sd:
+        raise ValueError(f"profile {profile!r} states no paired SD (a GPU profile does)")
     runs = study_runs(s)
-    comparisons = {a.name: len(a.seeds) for a in s.arms if a.reference is not None}
-    comparisons["table6"] = len(s.table6_seeds)
+    hours = {name: study_seconds(s, d) / 3600 for name, d in devices().items()}
+    device = PROFILE_DEVICE[profile]
     return {
         "profile": profile, "dataset": s.dataset, "runs": len(runs),
-        "device": device.name, "hours": study_seconds(s, device) / 3600,
-        "device_source": device.source, "sd_diff_pp": cap.sd_diff, "sd_source": cap.sd_source,
-        "detectable_effect_pp": {name: float(detectable_effect(cap.sd_diff, n))
-                                 for name, n in comparisons.items()},
+        "device": devices()[device].name, "hours": hours[device], "hours_per_device": hours,
+        "device_sources": {name: d.source for name, d in devices().items()},
+        "sd_diff_pp": dict(s.paired_sd), "sd_source": s.sd_source, "design": s.design,
+        "detectable_effect_pp": {name: detectable_effect(s.paired_sd[net], n)
+                                 for name, (net, n) in comparisons(s).items()},
     }

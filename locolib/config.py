@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from locolib.models import PADDING_MODES
 from locolib.reg import REGULARIZER_REGISTRY
 
 __all__ = [
@@ -120,6 +121,8 @@ class RunConfig:
                     protocol=True)
     pad: int = config_field(4, "random shifts of up to pad pixels (crop of the zero-padded image)",
                   protocol=True, bounds="[0, 32]")
+    padding_mode: str = config_field("zeros", "how convolutions pad their input maps (zeros: the paper's)",
+                                     column=True, choices=PADDING_MODES)
     train_subset: int | None = config_field(None, "train on a fixed random subset of this many images",
                                   column=True, protocol=True, bounds="[1, inf)")
     data_seed: int = config_field(0, "seed of the train/test split (where the dataset has one) and subset",
@@ -148,6 +151,8 @@ class RunConfig:
         for f in dataclasses.fields(self):
             if f.metadata.get("bounds") is not None:
                 set_(f.name, check_value(f.name, getattr(self, f.name)))
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         for name in ("gamma", "eta"):

@@ -18,6 +18,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
-from locolib.locality import as_matrices, locality_test, table4_row
+from locolib.locality import as_matrices, locality_test, magnitude_ratios, table4_row
 from locolib.models import build_model
 from locolib.results import default_results_dir
 from locolib.train import derive_seed, result_path, train
@@ -43,6 +44,8 @@ __all__ = [
     "trained_model",
     "spatial_input_sizes",
     "tap_coverage",
+    "run_layers",
+    "layer_locality",
 ]
 
 
@@ -235,27 +238,47 @@ def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, in
 # --------------------------------------------------------------------------------------------
 # Chapter 07: locality per layer, and Table 4 of runs from kernels and from records
 # --------------------------------------------------------------------------------------------
-def layer_locality(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd.DataFrame:
-    """Chapter 07: per network and spatial layer, averaged over the runs in ``records``: the
-    width of the map the layer reads (for ``input_size`` inputs), its stride, ``coverage n/co``
-    (the mean :func:`tap_coverage` of the four edge taps over that of the four corners: 1 on a
-    large map, 2 on a 2 x 2 map) and m(c,n), m(n,co) of the layer's magnitudes (from the
-    records' ``weight_stats``). Index: network, layer, map, stride."""
-    rows = []
+@cache
+def _geometry(network: str, width: float, kernel_size: int, channels: int,
+              input_size: int) -> tuple[tuple[int, int, bool], ...]:
+    """(input map width, stride, depth-wise) of every spatial convolution of a run's network."""
+    model = build_model(network, 10, in_channels=channels, width=width, kernel_size=kernel_size)
+    sizes = spatial_input_sizes(model, torch.zeros(1, channels, input_size, input_size))
+    return tuple((size[0], conv.stride[0], conv.groups > 1 and conv.groups == conv.in_channels)
+                 for size, conv in zip(sizes, spatial_convs(model)))
+
+
+def run_layers(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd.DataFrame:
+    """Chapter 07: one row per run and spatial layer of ``records``: network, regularizer,
+    padding_mode, seed, layer (1-based), the width of the map it reads (for ``input_size``
+    inputs), its stride, ``kind`` (dense or depthwise), ``coverage n/co`` (the mean
+    :func:`tap_coverage` of the four edge taps over that of the four corners: 1 on a large map,
+    2 on a 2 x 2 map), m(c,n) and m(n,co) of its magnitudes and the magnitude ratios of
+    :func:`locolib.locality.magnitude_ratios` (from the records' ``weight_stats``)."""
+    frames = []
     for rec in records:
         cfg, stats = rec["config"], rec["weight_stats"]
-        channels = stats[0]["shape"][1]
-        model = build_model(cfg["network"], 10, in_channels=channels, width=cfg["width"],
-                            kernel_size=cfg["kernel_size"])
-        sizes = spatial_input_sizes(model, torch.zeros(1, channels, input_size, input_size))
-        strides = [conv.stride[0] for conv in spatial_convs(model)]
-        for li, entry in enumerate(stats):
-            cov = ring_means(tap_coverage(sizes[li][0], entry["k"], strides[li])[None])
-            rows.append({"network": cfg["network"], "layer": li + 1, "map": sizes[li][0],
-                         "stride": strides[li], "coverage n/co": cov["n"] / cov["co"],
+        geometry = _geometry(cfg["network"], cfg["width"], cfg["kernel_size"], stats[0]["shape"][1],
+                             input_size)
+        rows = []
+        for entry, (size, stride, depthwise) in zip(stats, geometry):
+            cov = ring_means(tap_coverage(size, entry["k"], stride)[None])
+            rows.append({"map": size, "stride": stride, "kind": "depthwise" if depthwise else "dense",
+                         "coverage n/co": cov["n"] / cov["co"],
                          "m(c,n) |w|": locality_test([entry], "c", "n", True).m,
                          "m(n,co) |w|": locality_test([entry], "n", "co", True).m})
-    return pd.DataFrame(rows).groupby(["network", "layer", "map", "stride"]).mean()
+        frames.append(pd.concat([magnitude_ratios(stats), pd.DataFrame(rows)], axis=1).assign(
+            network=cfg["network"], regularizer=cfg["regularizer"],
+            padding_mode=cfg.get("padding_mode", "zeros"), seed=cfg["seed"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def layer_locality(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd.DataFrame:
+    """Chapter 07: :func:`run_layers` averaged over the runs, per network and spatial layer
+    (index: network, layer, map, stride): ``coverage n/co`` and m(c,n), m(n,co) of the
+    magnitudes."""
+    cols = ["coverage n/co", "m(c,n) |w|", "m(n,co) |w|"]
+    return run_layers(records, input_size).groupby(["network", "layer", "map", "stride"])[cols].mean()
 
 
 def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None = None):

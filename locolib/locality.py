@@ -56,6 +56,7 @@ from scipy import stats as st
 from sympy.utilities.iterables import multiset_permutations
 
 from locolib.kernels import IndexSpec, check_k, index_mask, ring_names, spec_name, stars
+from locolib.stats import holm
 
 # Table 4's two comparisons, in the paper's column order.
 TABLE4_PAIRS: tuple[tuple[str, str], ...] = (("c", "n"), ("n", "co"))
@@ -596,4 +597,140 @@ def upper_exceeds_lower(tidy: pd.DataFrame, by: str = "network") -> dict[str, bo
     for name, g in tidy.groupby(by, sort=False):
         piv = g.pivot_table(index="part", columns="pair", values="m")
         out[name] = bool((piv.loc["upper"] > piv.loc["lower"]).all())
+    return out
+
+
+# ----------------------------------------------------------------------------- effect sizes by network
+
+#: The magnitude ratios of chapter 07: mean |w| of the centre over the edge neighbours, and of the
+#: edge neighbours over the corners (1: no locality; 1.2: the inner ring 20% heavier).
+RATIOS: tuple[tuple[str, str], ...] = TABLE4_PAIRS
+
+
+def tap_magnitudes(layer: Any) -> np.ndarray:
+    """k x k array: the mean |w| at each position over the layer's matrices, from kernels or from
+    a record's ``weight_stats`` entry (its ``tap_abs_sum`` over ``count``)."""
+    if _is_record(layer):
+        return np.asarray(layer["tap_abs_sum"], dtype=np.float64) / int(layer["count"])
+    return np.abs(as_matrices(layer)).mean(axis=0)
+
+
+def magnitude_ratios(layers: Sequence[Any]) -> pd.DataFrame:
+    """Chapter 07: one row per layer (kernels or record entries; 1-based ``layer`` in the order
+    given) with ``k``, ``matrices`` and the ratios of :data:`RATIOS`, e.g. ``c/n`` = mean |w| of
+    the centre taps / mean |w| of the edge-neighbour taps over the layer's matrices. Unlike m of
+    Eq. 7.1 (a standardised difference whose significance grows with the number of kernels),
+    a ratio says how much heavier the inner ring is, whatever the layer's size."""
+    rows = []
+    for i, layer in enumerate(layers):
+        taps = tap_magnitudes(layer)
+        k = taps.shape[0]
+        ring = {name: float(taps[index_mask(name, k)].mean()) for pair in RATIOS for name in pair}
+        rows.append({"layer": i + 1, "k": k,
+                     "matrices": int(layer["count"]) if _is_record(layer) else len(as_matrices(layer)),
+                     **{f"{a}/{b}": ring[a] / ring[b] for a, b in RATIOS}})
+    return pd.DataFrame(rows)
+
+
+def network_effects(ratios: pd.DataFrame, by: Sequence[str], confidence: float = 0.95,
+                    n_resamples: int = 9999, seed: int = 0, min_layers: int = 3) -> pd.DataFrame:
+    """Chapter 07: per group ``by`` of :func:`magnitude_ratios` rows (a network, or a network's
+    layer group), the geometric mean of each ratio over its layers with a seeded percentile
+    bootstrap interval over the layers (:func:`scipy.stats.bootstrap` on the log ratios; NaN
+    with fewer than ``min_layers`` layers). Columns: ``n_layers``, and per ratio ``c/n``,
+    ``c/n low``, ``c/n high`` (likewise ``n/co``)."""
+    rows = []
+    for key, g in ratios.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n_layers=len(g))
+        for a, b in RATIOS:
+            name = f"{a}/{b}"
+            logs = np.log(g[name].to_numpy(float))
+            low = high = math.nan
+            if len(logs) >= min_layers and np.ptp(logs) > 0:
+                ci = st.bootstrap((logs,), np.mean, confidence_level=confidence, method="percentile",
+                                  n_resamples=n_resamples, rng=np.random.default_rng(seed)).confidence_interval
+                low, high = math.exp(ci.low), math.exp(ci.high)
+            row.update({name: math.exp(logs.mean()), f"{name} low": low, f"{name} high": high})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(list(by))
+
+
+def compare_groups(values: pd.Series, groups: pd.Series, first: str, second: str,
+                   confidence: float = 0.95) -> dict[str, float]:
+    """Chapter 07: two groups of networks compared with the networks as replicates.
+
+    ``values``: one ratio per network (e.g. its geometric mean c/n of :func:`network_effects`);
+    ``groups``: each network's group. Returns the networks per group, each group's geometric
+    mean ratio, ``ratio`` (first over second) with the Welch ``confidence`` interval on the log
+    scale, and the exact two-sided permutation p of the difference of mean log ratios over every
+    relabelling of the networks (:func:`scipy.stats.permutation_test`), with the smallest p
+    that relabelling can give at all (``p_floor``: with 3 networks a group it is 0.1).
+    """
+    logs = np.log(values.to_numpy(float))
+    x, y = logs[(groups == first).to_numpy()], logs[(groups == second).to_numpy()]
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"each group needs at least two networks; {first!r} has {len(x)}, "
+                         f"{second!r} has {len(y)}")
+    welch = st.ttest_ind(x, y, equal_var=False)
+    ci = welch.confidence_interval(confidence)
+    perm = st.permutation_test((x, y), lambda a, b, axis: np.mean(a, axis=axis) - np.mean(b, axis=axis),
+                               permutation_type="independent", n_resamples=math.inf,
+                               alternative="two-sided", vectorized=True)
+    return {f"n {first}": len(x), f"n {second}": len(y), first: math.exp(x.mean()),
+            second: math.exp(y.mean()), "ratio": math.exp(x.mean() - y.mean()),
+            "ratio low": math.exp(ci.low), "ratio high": math.exp(ci.high),
+            "p_welch": float(welch.pvalue), "p_permutation": float(perm.pvalue),
+            "p_floor": 2 / math.comb(len(x) + len(y), len(x))}
+
+
+def layer_tests(layers: Sequence[Any], absolute: bool = True, permutations: int = 0,
+                seed: int = 0) -> pd.DataFrame:
+    """Chapter 07: the paper's t-test and, with ``permutations`` > 0, the permutation test of
+    m(c,n) and m(n,co) for every layer on its own (1-based ``layer``), as descriptions of how
+    consistently that layer's matrices lean one way: with thousands of matrices a small m is
+    already p < .001, so these p-values say nothing about the network as a unit."""
+    mats = _prepared(layers)
+    null = (_null_m({str(i): [a] for i, a in enumerate(mats)}, RATIOS, permutations, seed)
+            if permutations else None)
+    rows = []
+    for i, a in enumerate(mats):
+        for j, (inner, outer) in enumerate(RATIOS):
+            r = locality_test([a], inner, outer, absolute)
+            row = {"layer": i + 1, "pair": f"m({inner},{outer})", "matrices": r.n, "m": r.m, "p": r.p}
+            if null is not None:
+                row["p_perm"] = _perm_p(null[str(i)][:, int(absolute), j], r.m)[0]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_layer_contrast(layers: pd.DataFrame, arm: str, first: str, second: str,
+                          confidence: float = 0.95) -> pd.DataFrame:
+    """Chapter 07's padding study: per network, layer and ratio of :data:`RATIOS`, runs with
+    ``layers[arm] == first`` against runs with ``== second`` of the same network and seed.
+
+    ``layers``: rows of :func:`locolib.inspection.run_layers` (columns network, seed, layer, map,
+    the ratios and ``arm``). Per layer and ratio: the number of pairs, each arm's geometric mean,
+    ``change`` = exp(mean paired difference of the log ratios) (first over second: 1.10 means
+    the ratio is 10% larger under ``first``) with its t ``confidence`` interval, the two-sided
+    paired t-test's ``p`` and ``p_holm``, Holm-adjusted over the layers of that ratio
+    (:func:`locolib.stats.holm`) over the layers of that network and ratio.
+    """
+    rows = []
+    for (network, layer, size), g in layers.groupby(["network", "layer", "map"], sort=True):
+        for a, b in RATIOS:
+            name = f"{a}/{b}"
+            wide = g.pivot_table(index="seed", columns=arm, values=name).dropna(subset=[first, second])
+            if len(wide) < 2:
+                raise ValueError(f"{network}, layer {layer}: {len(wide)} complete pair(s) of {first!r} and "
+                                 f"{second!r}; train the missing runs first")
+            d = np.log(wide[first].to_numpy(float)) - np.log(wide[second].to_numpy(float))
+            res = st.ttest_1samp(d, 0.0)
+            ci = res.confidence_interval(confidence)
+            rows.append({"network": network, "layer": layer, "map": size, "ratio": name, "pairs": len(d),
+                         first: math.exp(np.log(wide[first]).mean()),
+                         second: math.exp(np.log(wide[second]).mean()),
+                         "change": math.exp(d.mean()), "change low": math.exp(ci.low),
+                         "change high": math.exp(ci.high), "p": float(res.pvalue)})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = out.groupby(["network", "ratio"])["p"].transform(lambda p: holm(p.to_numpy()))
     return out

@@ -4,7 +4,9 @@ Conventions (the paper's TensorFlow models are not available, so these are choic
 
 * Every convolution is followed by BatchNorm and ReLU (Table 3 caption). Convolutions have no
   bias by default (``conv_bias=False``): BatchNorm's shift makes it redundant, and the
-  regularizer never touches biases anyway. Padding is "same" (k // 2).
+  regularizer never touches biases anyway. Padding is "same" (k // 2), with zeros by default;
+  ``padding_mode`` ("reflect", "circular") pads every convolution of any registered network
+  with copies of the map instead (the padding study, chapter 07).
 * ``width`` multiplies every channel count (``max(min_channels, round(c * width))``) for scaled-down
   runs; the input channels and the classifier output are not scaled.
 * ``kernel_size=5`` is the paper's 5x5 variant (Section 7.1): a spatial convolution becomes 5x5
@@ -27,9 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["build_model", "MODEL_NAMES", "NETWORKS", "NetworkSpec", "VGG13", "MobileNet", "ResNet18", "BasicBlock"]
+__all__ = ["build_model", "MODEL_NAMES", "PADDING_MODES", "NETWORKS", "NetworkSpec", "VGG13", "MobileNet",
+           "ResNet18", "BasicBlock"]
 
 INPUT_SIZE = 32
+#: How a convolution pads its input (``torch.nn.Conv2d``'s ``padding_mode``); "zeros" is the default.
+PADDING_MODES = ("zeros", "reflect", "circular")
 
 
 def _ch(c: int, width: float, min_channels: int) -> int:
@@ -202,11 +207,13 @@ def build_model(
     conv_bias: bool = False,
     min_channels: int = 4,
     init: str = "torch",
+    padding_mode: str = "zeros",
 ) -> nn.Module:
     """Build a registered network (:data:`NETWORKS`) for 32 x 32 inputs (see module doc).
 
     Initialisation draws from torch's global RNG: call ``torch.manual_seed`` first for a
-    reproducible model.
+    reproducible model. ``padding_mode`` (:data:`PADDING_MODES`) is set on every padded
+    convolution after construction, so registered networks need not know about it.
     """
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose one of {list(NETWORKS)} "
@@ -215,9 +222,16 @@ def build_model(
         raise ValueError(f"kernel_size must be odd and >= 3, got {kernel_size}")
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     model = NETWORKS[name].cls(num_classes, in_channels, width, kernel_size, conv_bias, min_channels)
     if init == "keras":
         _keras_init_(model)
     elif init != "torch":
         raise ValueError(f"init must be 'torch' or 'keras', got {init!r}")
+    for m in model.modules():
+        # Conv2d pads with F.pad(mode=padding_mode) in forward whenever the mode is not "zeros";
+        # the padding widths it uses are fixed at construction, so setting the mode here suffices.
+        if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
+            m.padding_mode = padding_mode
     return model

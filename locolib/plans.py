@@ -18,13 +18,23 @@ training and 4,000 test images of real MNIST):
 * Table 6: layer-wise parameters from L2 runs on seeds disjoint from the evaluated ones, and
   LOCO-REG trained with every modulation factor c of the paper.
 
+The GPU profiles test Table 5 as the paper printed it: LOCO-REG with Table 6's layer-wise
+parameters (c = 1.5) for every network, from parameter runs of that network on disjoint seeds.
+``paper_cifar10``, ``paper_cifar100`` and ``paper_fashion_mnist`` (the group ``paper``) are the
+paper's design itself (250 epochs, full width), with pairs sized from the spread its stars allow
+(:func:`paper_paired_sd`); ``gpu*`` and ``colab`` are the same design at 15 epochs. Each states
+its dose, pairs and paired SD in :attr:`Study.design`; :mod:`locolib.budget` prices it. The
+``padding`` study (chapter 07) changes only the padding of the default study's L2 runs.
+
 ``python -m locolib.plans default`` trains a profile (run it in two shells at once to use two
-cores: runs are claimed with lock files); the chapters read the records.
+cores: runs are claimed with lock files); ``--dry-run`` lists it, with cost and power for a GPU
+profile. The chapters read the records.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,15 +43,18 @@ from typing import Any
 
 import pandas as pd
 import torch
+from scipy import stats as st
 
 from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import dataset_spec
 from locolib.experiments import finished_records, history_frame, table6_loco_params
 from locolib.reg import realized_factor
+from locolib.stats import minimum_detectable_effect
 from locolib.sweep import print_status, run_sweep
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
-__all__ = ["Arm", "Study", "STUDIES", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study",
+__all__ = ["Arm", "Study", "STUDIES", "GROUPS", "PAPER_TABLE5", "paper_difference", "paper_paired_sd",
+           "pairs_to_detect", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study",
            "arm_frame", "arm_history", "main", "Hypothesis", "Preregistration", "SeededSplitArm",
            "MECHANISM", "MECHANISM_SMOKE", "PREREGISTERED", "mechanism_frame"]
 
@@ -52,6 +65,20 @@ FIXED_LOCO = LOCO_DEFAULT
 STRONG_LOCALITY = {"gamma": 0.1, "eta": 10.0}
 STRONG_ANTI_LOCALITY = {"gamma": 10.0, "eta": 0.1}
 TABLE6_CS = (0.5, 1.0, 1.5, 2.5)
+#: The paper's Table 5: test error (%) with standard L2 and with LOCO-REG (Table 6's parameters,
+#: c = 1.5), and the stars of their one-sided t test; 20 networks an arm (Section 7).
+PAPER_TABLE5: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("cifar10", "vgg13"): (6.26, 6.13, "*"), ("cifar10", "resnet18"): (5.29, 5.18, "**"),
+    ("cifar10", "mobilenet"): (11.01, 10.64, "*"),
+    ("cifar100", "vgg13"): (27.13, 26.31, "***"), ("cifar100", "resnet18"): (25.61, 25.15, "***"),
+    ("cifar100", "mobilenet"): (36.3, 35.49, "***"),
+    ("fashion_mnist", "vgg13"): (5.0, 4.9, "***"), ("fashion_mnist", "resnet18"): (4.65, 4.54, "**"),
+    ("fashion_mnist", "mobilenet"): (5.84, 5.73, "**"),
+}
+PAPER_RUNS = 20
+_STAR_LEVELS = {"*": 0.1, "**": 0.01, "***": 0.001}
+#: The modulation factor of the paper's Table 5 runs (Section 7).
+PAPER_C = 1.5
 
 
 @dataclass(frozen=True)
@@ -73,24 +100,43 @@ class Arm:
 
 @dataclass(frozen=True)
 class Study:
-    """A profile's study: the dataset, the protocol shared by every run, and the arms."""
+    """A profile's study: the dataset, the protocol shared by every run, and the arms.
+
+    Arms whose LOCO-REG parameters come from trained networks are built by
+    :meth:`layerwise_arms` once the :attr:`parameter_arms` (standard L2 on seeds disjoint from
+    every evaluated seed) have records: chapter 06's sweep over Table 6's c for
+    :attr:`table6_network`, and, for every network of :attr:`layerwise`, the paper's Table 5
+    LOCO-REG arm (Table 6's parameters at c = 1.5). ``design`` states what the study tests and
+    how its pairs were sized.
+    """
 
     profile: str
     dataset: str
     protocol: Mapping[str, Any]
     arms: tuple[Arm, ...]
-    parameter_arm: Arm  # L2 runs on disjoint seeds, only to derive Table 6's parameters
-    table6_network: str
-    table6_seeds: tuple[int, ...]
+    parameter_arms: tuple[Arm, ...] = ()
+    table6_network: str | None = None
+    table6_seeds: tuple[int, ...] = ()
     cs: tuple[float, ...] = TABLE6_CS
+    layerwise: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    design: str = ""
+    #: The spread of the paired differences of test error (pp) each network's pairs were sized
+    #: with, and where it comes from (:mod:`locolib.budget` turns it into detectable effects).
+    paired_sd: Mapping[str, float] = field(default_factory=dict)
+    sd_source: str = ""
+
+    @property
+    def parameter_arm(self) -> Arm:
+        """The parameter arm of :attr:`table6_network` (chapter 06)."""
+        return next(a for a in self.parameter_arms if a.network == self.table6_network)
 
     def configs(self, arms: Iterable[Arm] | None = None) -> list[RunConfig]:
-        """The runs of ``arms`` (default: every arm but Table 6's), seed-major: a sweep stopped
-        half-way has complete pairs."""
+        """The runs of ``arms`` (default: every arm but the layer-wise ones), seed-major: a
+        sweep stopped half-way has complete pairs."""
         arms = list(self.arms if arms is None else arms)
         per_arm = [a.configs(self.dataset, self.protocol) for a in arms]
         out, seen = [], set()
-        for i in range(max(len(c) for c in per_arm)):
+        for i in range(max((len(c) for c in per_arm), default=0)):
             for runs in per_arm:
                 if i < len(runs) and runs[i].key not in seen:
                     seen.add(runs[i].key)
@@ -103,28 +149,39 @@ class Study:
                 return a
         raise KeyError(f"no arm {name!r}; arms: {[a.name for a in self.arms]}")
 
-    def table6_arms(self, parameter_records: Sequence[Mapping[str, Any]]) -> list[Arm]:
-        """LOCO-REG with Table 6's layer-wise parameters for every c, from the records of
-        :attr:`parameter_arm`, compared with the L2 arm of the same network."""
-        cell = f"{self.dataset}/{self.table6_network}"
-        arms = []
-        for c in self.cs:
-            p = table6_loco_params(parameter_records, c=c)[cell]
-            arms.append(Arm(f"table6_c{c:g}", self.table6_network, "loco", self.table6_seeds,
-                            {"gamma": p["gamma"], "eta": p["eta"]},
-                            reference=f"l2/{self.table6_network}", purpose="Table 6"))
+    def layerwise_arms(self, parameter_records: Sequence[Mapping[str, Any]]) -> list[Arm]:
+        """LOCO-REG with Table 6's layer-wise parameters, from the records of
+        :attr:`parameter_arms`, each compared with the L2 arm of its network: the paper's
+        Table 5 arm (``loco_table6/NET``, c = :data:`PAPER_C`) for every network of
+        :attr:`layerwise`, and ``table6_cC`` for every c of :attr:`cs` on
+        :attr:`table6_network` (chapter 06)."""
+        def arm(name: str, net: str, c: float, seeds: tuple[int, ...], purpose: str) -> Arm:
+            p = table6_loco_params(parameter_records, c=c)[f"{self.dataset}/{net}"]
+            extra = next(a.fields for a in self.parameter_arms if a.network == net)
+            return Arm(name, net, "loco", seeds, {**extra, "gamma": p["gamma"], "eta": p["eta"]},
+                       reference=f"l2/{net}", purpose=purpose)
+
+        arms = [arm(f"loco_table6/{net}", net, PAPER_C, seeds, "Table 5")
+                for net, seeds in self.layerwise.items()]
+        if self.table6_network is not None:
+            arms += [arm(f"table6_c{c:g}", self.table6_network, c, self.table6_seeds, "Table 6")
+                     for c in self.cs]
         return arms
 
 
 def _arms(networks: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, int], dose: Mapping[str, int],
-          controls: int, protocol: Mapping[str, Any], dataset: str) -> list[Arm]:
+          controls: int, protocol: Mapping[str, Any], dataset: str, fixed: bool = True) -> list[Arm]:
+    """Table 5's L2 arms, and the fixed LOCO-REG against them where ``fixed`` (else the paper's
+    LOCO-REG comes from :meth:`Study.layerwise_arms`); the dose arms and positive controls of
+    the networks in ``dose``."""
     arms: list[Arm] = []
     n_train = dataset_spec(dataset).n_train
     for net, extra in networks.items():
         seeds = tuple(range(pairs[net]))
-        arms += [Arm(f"l2/{net}", net, "l2", seeds, dict(extra), purpose="Table 5"),
-                 Arm(f"loco/{net}", net, "loco", seeds, {**extra, **FIXED_LOCO},
-                     reference=f"l2/{net}", purpose="Table 5")]
+        arms.append(Arm(f"l2/{net}", net, "l2", seeds, dict(extra), purpose="Table 5"))
+        if fixed:
+            arms.append(Arm(f"loco/{net}", net, "loco", seeds, {**extra, **FIXED_LOCO},
+                            reference=f"l2/{net}", purpose="Table 5"))
         if net not in dose:
             continue
         lam = round(dose_matched_lam(RunConfig(dataset, net, "l2", 0, **{**protocol, **extra}),
@@ -147,23 +204,111 @@ def _arms(networks: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, int], d
 
 def _study(profile: str, dataset: str, protocol: Mapping[str, Any],
            networks: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, int],
-           dose: Mapping[str, int], controls: int, table6_pairs: int, parameter_runs: int) -> Study:
-    net = "vgg13"
-    extra = dict(networks[net])
+           dose: Mapping[str, int], controls: int, table6_pairs: int, parameter_runs: int,
+           layerwise: bool = False, **sizing: Any) -> Study:
+    """A study with Table 6's c sweep on VGG13. ``layerwise``: Table 5's LOCO-REG arm of every
+    network uses Table 6's parameters (c = 1.5) from parameter runs of that network, as the
+    paper's; else the fixed LOCO-REG, with parameter runs for VGG13 only. ``sizing``:
+    ``paired_sd``, ``sd_source``, ``design`` of :class:`Study`."""
     protocol = {"flip": dataset_spec(dataset).flip, **protocol}  # no flips where they change labels
+    with_params = networks if layerwise else {"vgg13": networks["vgg13"]}
     return Study(
         profile, dataset, dict(protocol),
-        tuple(_arms(networks, pairs, dose, controls, protocol, dataset)),
-        # Seeds from 1000 on: disjoint from every evaluated seed.
-        Arm(f"l2_parameters/{net}", net, "l2", tuple(range(1000, 1000 + parameter_runs)), extra,
-            purpose="Table 6 parameters"),
-        net, tuple(range(table6_pairs)))
+        tuple(_arms(networks, pairs, dose, controls, protocol, dataset, fixed=not layerwise)),
+        tuple(_parameter_arm(net, extra, parameter_runs) for net, extra in with_params.items()),
+        "vgg13" if table6_pairs else None, tuple(range(table6_pairs)),
+        layerwise={net: tuple(range(pairs[net])) for net in networks} if layerwise else {},
+        **sizing)
+
+
+def _parameter_arm(net: str, extra: Mapping[str, Any], runs: int) -> Arm:
+    # Seeds from 1000 on: disjoint from every evaluated seed.
+    return Arm(f"l2_parameters/{net}", net, "l2", tuple(range(1000, 1000 + runs)), dict(extra),
+               purpose="Table 6 parameters")
+
+
+def paper_difference(dataset: str, network: str) -> float:
+    """The paper's Table 5 gain of LOCO-REG over standard L2 (pp of test error)."""
+    l2, loco, _ = PAPER_TABLE5[(dataset, network)]
+    return round(l2 - loco, 4)
+
+
+def paper_paired_sd(dataset: str, network: str) -> float:
+    """The largest spread (pp) of paired differences that the paper's Table 5 stars allow.
+
+    A one-sided two-sample t test over 20 + 20 runs reached the level of the cell's stars, so
+    t = d / (s sqrt(2/20)) >= t_{1 - level, 38}: one run's spread is s <= d / (t sqrt(2/20)).
+    Runs that share a seed are taken as uncorrelated after 250 epochs (conservative), so the
+    paired difference spreads sqrt(2) s."""
+    _, _, stars = PAPER_TABLE5[(dataset, network)]
+    t = float(st.t.ppf(1 - _STAR_LEVELS[stars], 2 * PAPER_RUNS - 2))
+    return math.sqrt(2) * paper_difference(dataset, network) / (t * math.sqrt(2 / PAPER_RUNS))
+
+
+def pairs_to_detect(effect: float, sd_diff: float, alpha: float = 0.05, power: float = 0.8,
+                    most: int = 1000) -> int:
+    """The fewest pairs whose paired t test detects a true difference ``effect`` with ``power``
+    at two-sided level ``alpha`` (:func:`locolib.stats.minimum_detectable_effect`)."""
+    for n in range(2, most + 1):
+        if minimum_detectable_effect(sd_diff, n, alpha, power) <= effect:
+            return n
+    raise ValueError(f"more than {most} pairs needed to detect {effect} pp at a spread of {sd_diff} pp")
+
+
+def _paper_study(profile: str, dataset: str, parameter_runs: int = 5) -> Study:
+    """The paper's design on ``dataset``: its protocol (250 epochs, batch 128, lr 0.1 decayed at
+    its milestones, lam 5e-4, flips and shifts of 4 pixels), the three networks at full width,
+    standard L2 against LOCO-REG with Table 6's parameters (c = 1.5) for every network, from
+    ``parameter_runs`` L2 runs a network on disjoint seeds. Pairs: at least the paper's 20 a
+    cell, more where the spread its stars allow needs more to detect its gain."""
+    nets = ("vgg13", "mobilenet", "resnet18")
+    sd = {n: round(paper_paired_sd(dataset, n), 3) for n in nets}
+    pairs = {n: max(PAPER_RUNS, pairs_to_detect(paper_difference(dataset, n), sd[n])) for n in nets}
+    lines = [f"{n}: {pairs[n]} pairs to detect the paper's gain of {paper_difference(dataset, n):g} pp "
+             f"({PAPER_TABLE5[(dataset, n)][2]}) at a paired SD of {sd[n]:g} pp" for n in nets]
+    design = (f"The paper's Table 5 on {dataset}, as printed: 250 epochs, full width, the paper's "
+              f"lam (dose 100% of the paper's), LOCO-REG with Table 6's layer-wise parameters "
+              f"(c = {PAPER_C:g}) from {parameter_runs} L2 runs a network on seeds 1000 on.\n"
+              "Pairs, sized to detect the paper's own gain with 80% power at two-sided level 5% "
+              "(at least the paper's 20 a cell):\n  " + "\n  ".join(lines))
+    return _study(profile, dataset, {"eval_every": 10}, {n: {} for n in nets}, pairs, {}, 0, 0,
+                  parameter_runs, layerwise=True, paired_sd=sd, design=design,
+                  sd_source="the largest spread the paper's Table 5 stars allow (one-sided t test, "
+                  "20 + 20 runs of 250 epochs), paired runs taken as uncorrelated "
+                  "(locolib.plans.paper_paired_sd)")
+
+
+def _scaled(profile: str, dataset: str, protocol: Mapping[str, Any], width: float, pairs: int,
+            sd: float, sd_source: str) -> Study:
+    """A GPU profile: the paper's design (LOCO-REG with Table 6's parameters, c = 1.5, for every
+    network) at fewer epochs, plus chapter 05's dose arms and positive controls and chapter 06's
+    sweep over c on VGG13; its design states the dose and what ``pairs`` can detect."""
+    nets = {n: ({"width": width} if width != 1 else {}) for n in ("vgg13", "mobilenet", "resnet18")}
+    full = {"flip": dataset_spec(dataset).flip, **protocol, **nets["vgg13"]}
+    n_train = protocol.get("train_subset") or dataset_spec(dataset).n_train
+    dose = regularization_dose(RunConfig(dataset, "vgg13", "l2", 0, **full), n_train) / paper_dose()
+    mde = minimum_detectable_effect(sd, pairs)
+    gains = ", ".join(f"{n} {paper_difference(dataset, n):g}" for n in nets)
+    design = (f"Table 5 on {dataset} at {protocol['epochs']} epochs, width {width:g}: the paper's "
+              f"lam gives {dose:.1%} of the paper's regularization dose. {pairs} pairs a cell at an "
+              f"assumed paired SD of {sd:g} pp detect {mde:.2f} pp (80% power, two-sided 5%); the "
+              f"paper's gains on {dataset} are {gains} pp (250 epochs): the smallest detectable "
+              f"gain is {mde / max(paper_difference(dataset, n) for n in nets):.1f} times the "
+              "paper's largest there.")
+    return _study(profile, dataset, protocol, nets, dict.fromkeys(nets, pairs), {"vgg13": pairs}, 5,
+                  6, 5, layerwise=True, paired_sd=dict.fromkeys(nets, sd), sd_source=sd_source,
+                  design=design)
 
 
 _OFFLINE = dict(epochs=30, batch_size=64, lr=0.1, width=0.125, pad=2, eval_every=10)
 #: The GPU profiles keep the paper's batch, augmentation and schedule (scaled to fewer epochs).
 _COLAB = dict(epochs=15, train_subset=15_000, eval_every=5)
 _GPU = dict(epochs=15, eval_every=5)
+_SHORT_SD = ("no paired runs of 15 epochs on these data exist yet: runs this short spread more "
+             "than the paper's 250-epoch runs, whose stars allow a paired SD of 0.13-1.3 pp "
+             "(locolib.plans.paper_paired_sd)")
+_GPU_SD = "assumed: " + _SHORT_SD
+_COLAB_SD = "assumed, larger than the gpu profile's for 15,000 images at half width: " + _SHORT_SD
 
 #: The study of each profile (chapters 04-07 take theirs from here).
 STUDIES: dict[str, Study] = {
@@ -179,18 +324,63 @@ STUDIES: dict[str, Study] = {
     "default": _study("default", "mnist5k", _OFFLINE,
                       {"vgg13": {}, "mobilenet": {"width": 0.25}, "resnet18": {"width": 0.0625}},
                       {"vgg13": 20, "mobilenet": 16, "resnet18": 10}, {"vgg13": 12}, 8, 8, 10),
-    # Under an hour on Colab's free T4, CIFAR-10 (estimated: locolib.budget.profile_summary).
-    "colab": _study("colab", "cifar10", _COLAB,
-                    {"vgg13": {"width": 0.5}, "mobilenet": {"width": 0.5},
-                     "resnet18": {"width": 0.5}},
-                    {"vgg13": 10, "mobilenet": 10, "resnet18": 10}, {"vgg13": 10}, 5, 6, 6),
-    # A few GPU-hours on an H100-class GPU for the paper's three datasets and networks at full
-    # width (about an hour each; locolib.budget.profile_summary).
-    **{name: _study(name, dataset, _GPU, {"vgg13": {}, "mobilenet": {}, "resnet18": {}},
-                    {"vgg13": 10, "mobilenet": 10, "resnet18": 10}, {"vgg13": 10}, 5, 10, 10)
+    # About an hour on Colab's free T4, CIFAR-10 (locolib.budget.profile_summary).
+    "colab": _scaled("colab", "cifar10", _COLAB, 0.5, 10, 0.6, _COLAB_SD),
+    # A few GPU-hours for each of the paper's datasets, full width, 15 epochs.
+    **{name: _scaled(name, dataset, _GPU, 1.0, 10, 0.35, _GPU_SD)
        for name, dataset in (("gpu", "cifar10"), ("gpu_cifar100", "cifar100"),
                              ("gpu_fashion_mnist", "fashion_mnist"))},
+    # The paper's design as printed (Table 5 with Table 6's parameters), one study a dataset.
+    **{f"paper_{dataset}": _paper_study(f"paper_{dataset}", dataset)
+       for dataset in ("cifar10", "cifar100", "fashion_mnist")},
 }
+#: Names that train several studies in turn (``python -m locolib.plans paper``).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "paper": ("paper_cifar10", "paper_cifar100", "paper_fashion_mnist"),
+    "gpu_all": ("gpu", "gpu_cifar100", "gpu_fashion_mnist"),
+}
+
+#: The padding study (chapter 07): does zero padding make the upper layers local?
+PADDING_PAIRS = 20
+PADDING_UPPER_LAYERS = (7, 8, 9, 10)  # VGG13's convolutions on 4 x 4 and 2 x 2 maps (1-based)
+PADDING_PAIRS_RESNET18 = 10
+PADDING_UPPER_LAYERS_RESNET18 = (15, 16, 17)  # ResNet18's spatial convolutions on 4 x 4 maps
+PADDING_DESIGN = f"""\
+Hypothesis: in VGG13's convolutions on 4x4 and 2x2 maps (layers {PADDING_UPPER_LAYERS}), zero
+padding puts zeros under the outer taps at most output positions (on a 2x2 map a corner tap sees
+an image value at one position of four, an edge tap at two, the centre at all four), so the outer
+taps get less gradient and are shrunk by L2: the locality of those layers is partly an effect of
+padding. Reflect padding puts image values under every tap at every position.
+Arms: the default study's L2 arm of VGG13 on mnist5k (zero padding, its committed records) and
+the same runs with reflect padding, paired by seed ({PADDING_PAIRS} seeds; the analysis uses
+every complete pair, at least 10).
+Primary contrast, per layer: the paired difference zero - reflect of the log of two magnitude
+ratios of the layer's kernels, mean |w| of the centre over the edge neighbours and of the edge
+neighbours over the corners; paired t test per layer, Holm-adjusted over the ten layers of each
+ratio. Expected direction: zero > reflect in layers {PADDING_UPPER_LAYERS} for both ratios.
+Reading: confirmed if every upper layer shows zero > reflect at adjusted p < .05 for at least
+one ratio; corrected if no upper layer does; open otherwise.
+Secondary (added after the VGG13 runs, before any ResNet18 run): ResNet18, the default study's L2
+arm (zero padding, committed) against reflect padding, {PADDING_PAIRS_RESNET18} seeds; the same
+contrast for its layers on 4x4 maps (layers {PADDING_UPPER_LAYERS_RESNET18}), expected zero >
+reflect, read the same way."""
+
+
+def _padding_study(base: Study, profile: str, pairs: Mapping[str, int]) -> Study:
+    """Zero against reflect padding for ``base``'s L2 arms of ``pairs``' networks, seed by seed."""
+    arms = []
+    for net, n in pairs.items():
+        l2, seeds = base.arm(f"l2/{net}"), tuple(range(n))
+        arms += [Arm(f"zeros/{net}", net, "l2", seeds, l2.fields, purpose="padding"),
+                 Arm(f"reflect/{net}", net, "l2", seeds, {**l2.fields, "padding_mode": "reflect"},
+                     reference=f"zeros/{net}", purpose="padding")]
+    return Study(profile, base.dataset, base.protocol, tuple(arms), design=PADDING_DESIGN)
+
+
+STUDIES["padding"] = _padding_study(STUDIES["default"], "padding",
+                                    {"vgg13": PADDING_PAIRS, "resnet18": PADDING_PAIRS_RESNET18})
+#: Chapter 07's smoke profile: the same code path in seconds.
+STUDIES["padding_smoke"] = _padding_study(STUDIES["smoke"], "padding_smoke", {"vgg13": 2, "resnet18": 2})
 
 
 #: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
@@ -223,8 +413,10 @@ def run_study(profile: str, results_dir: str | Path | None = None, **sweep: Any)
     first: its LOCO-REG arms depend on them) and return all arms, Table 6's included.
     ``sweep``: keyword arguments of :func:`locolib.sweep.run_sweep` (device, progress, ...)."""
     s = study(profile)
-    params = run_sweep(s.configs([s.parameter_arm]), results_dir, wait=True, **sweep)
-    arms = [*s.arms, *s.table6_arms(params)]
+    arms = list(s.arms)
+    if s.parameter_arms:
+        params = run_sweep(s.configs(s.parameter_arms), results_dir, wait=True, **sweep)
+        arms += s.layerwise_arms(params)
     run_sweep(s.configs(arms), results_dir, wait=True, **sweep)
     return arms
 
@@ -258,30 +450,52 @@ def arm_history(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = 
     return pd.concat(frames, ignore_index=True)
 
 
+def _dry_run(profile: str, results: Path | None) -> None:
+    from locolib import budget  # noqa: PLC0415 -- budget imports this module
+
+    s = study(profile)
+    configs = s.configs([*s.parameter_arms, *s.arms])
+    print(f"{profile}: {len(configs)} runs"
+          + (", then the LOCO-REG runs with Table 6's parameters, which come from the "
+             "parameter arms' records" if s.parameter_arms else ""))
+    if s.design:
+        print(s.design)
+    if s.paired_sd:
+        summary = budget.profile_summary(profile)
+        print(f"all runs: {summary['runs']}; estimated GPU-hours: "
+              + ", ".join(f"{d} {h:.1f}" for d, h in summary["hours_per_device"].items()))
+        for name, source in summary["device_sources"].items():
+            print(f"  {name}: {source}")
+        print(f"paired SD (pp): {summary['sd_diff_pp']} ({summary['sd_source']})")
+        print("smallest detectable effect (pp, power 0.8, two-sided 5%): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in summary["detectable_effect_pp"].items()))
+    print_status(configs, results)
+    if profile in PREREGISTERED:
+        print(PREREGISTERED[profile].summary())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m locolib.plans",
-                                description="Train the book's study of one profile.")
-    p.add_argument("profile", choices=list(STUDIES))
+                                description="Train the book's study of one profile (or of a group "
+                                f"of profiles: {', '.join(GROUPS)}).")
+    p.add_argument("profile", choices=[*STUDIES, *GROUPS])
     p.add_argument("--results", type=Path, default=None, help="results folder")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the study's runs and their status; train nothing")
+                   help="list the study's runs, cost and power, and their status; train nothing")
     a = p.parse_args(argv)
+    profiles = GROUPS.get(a.profile, (a.profile,))
     if a.dry_run:
-        s = study(a.profile)
-        configs = s.configs([s.parameter_arm, *s.arms])
-        print(f"{a.profile}: {len(configs)} runs" + (", then Table 6's LOCO-REG runs, whose "
-              "parameters come from the first arm's records" if s.cs else ""))
-        print_status(configs, a.results)
-        if a.profile in PREREGISTERED:
-            print(PREREGISTERED[a.profile].summary())
+        for profile in profiles:
+            _dry_run(profile, a.results)
         return 0
 
     torch.set_num_threads(a.threads)
-    arms = run_study(a.profile, a.results, progress=not a.quiet,
-                     log=None if a.quiet else print)
-    print(f"{a.profile}: {sum(len(x.seeds) for x in arms)} runs in {len(arms)} arms have records")
+    for profile in profiles:
+        arms = run_study(profile, a.results, progress=not a.quiet,
+                         log=None if a.quiet else print)
+        print(f"{profile}: {sum(len(x.seeds) for x in arms)} runs in {len(arms)} arms have records")
     return 0
 
 
@@ -390,9 +604,7 @@ def _mechanism(profile: str, dataset: str, protocol: Mapping[str, Any], lams: Se
         SeededSplitArm(f"{label}/lam={lam:g}", net, reg, tuple(seeds), {**fields, "lam": lam},
                        reference=None if label == "l2" else f"l2/lam={lam:g}", purpose=label)
         for label, (reg, fields) in MECHANISM_REGULARIZERS.items() for lam in lams)
-    study = Study(profile, dataset, dict(protocol), arms,
-                  parameter_arm=Arm("no Table 6", net, "l2", ()),  # no Table 6 here
-                  table6_network=net, table6_seeds=(), cs=())
+    study = Study(profile, dataset, dict(protocol), arms, cs=())  # no Table 6 here
     return Preregistration(study, MECHANISM_REGULARIZERS, tuple(lams), tuple(seeds),
                            MECHANISM_HYPOTHESES, seconds_per_run)
 

@@ -165,15 +165,16 @@ def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) ->
 # A pre-registered lambda sweep (chapter 05's mechanism study, locolib.plans.MECHANISM)
 # --------------------------------------------------------------------------------------------
 def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values of one family (same order as ``pvalues``): the
-    i-th smallest p times (m - i + 1), made monotone and capped at 1. Rejecting where the
-    adjusted p is below alpha controls the family-wise error rate at alpha."""
-    p = np.asarray(pvalues, float)
+    """Holm's step-down adjustment of ``pvalues`` (family-wise error rate): the i-th smallest
+    p is multiplied by (m - i + 1), made non-decreasing in that order and capped at 1; an
+    adjusted p < alpha rejects at family-wise level alpha. Same order as the input."""
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"pvalues must be a sequence of probabilities in [0, 1], got {pvalues!r}")
     order = np.argsort(p, kind="stable")
-    m = len(p)
-    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(stepped, 1.0)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p)
+    out[order] = adjusted
     return out
 
 

@@ -525,7 +525,8 @@ class _Run:
         with _RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(config.seed, "init"))
             model = build_model(config.network, data.num_classes, in_channels=data.in_channels,
-                                width=config.width, kernel_size=config.kernel_size, **kwargs)
+                                width=config.width, kernel_size=config.kernel_size,
+                                padding_mode=config.padding_mode, **kwargs)
         self.memory_format = memory_format(device, model, config.channels_last)
         self.model = model.to(device=device, memory_format=self.memory_format)
         self.x_test = self._normalize(x_test.to(device))

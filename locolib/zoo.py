@@ -39,7 +39,7 @@ import pandas as pd
 
 from locolib.io import sha256
 from locolib.kernels import ConvKernel, from_onnx, ring_names, select
-from locolib.locality import TABLE4_PAIRS, table4_row
+from locolib.locality import TABLE4_PAIRS, layer_tests, magnitude_ratios, table4_row
 from locolib.results import repository_root
 
 __all__ = [
@@ -58,6 +58,8 @@ __all__ = [
     "load",
     "layer_summary",
     "table4_elsewhere",
+    "ratios_elsewhere",
+    "layer_tests_elsewhere",
     "locality_summary",
 ]
 
@@ -388,6 +390,39 @@ def table4_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], permutations:
     out = pd.concat(frames, ignore_index=True)
     out["model"] = out["network"] + ", " + out["layers"]
     return out
+
+
+def _groups(networks: Mapping[str, Sequence[ConvKernel]], k: int, min_layers: int):
+    """(network, kind, layers) of every group of k x k layers of one kind with ``min_layers``
+    or more layers (a single stem convolution is left out, as in :func:`table4_elsewhere`)."""
+    for name, layers in networks.items():
+        square = select(select(layers), k)
+        for kind in dict.fromkeys(layer.kind for layer in square):
+            group = select(square, k, kind)
+            if len(group) >= min_layers:
+                yield name, kind, group
+
+
+def ratios_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], k: int = 3,
+                     min_layers: int = 2) -> pd.DataFrame:
+    """Chapter 07: :func:`locolib.locality.magnitude_ratios` of every k x k layer of each
+    network, with columns network and kind (dense, depthwise)."""
+    frames = [magnitude_ratios(group).assign(network=name, kind=kind)
+              for name, kind, group in _groups(networks, k, min_layers)]
+    if not frames:
+        raise ValueError(f"no network has {min_layers} or more {k} x {k} layers of one kind")
+    return pd.concat(frames, ignore_index=True)
+
+
+def layer_tests_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], k: int = 3,
+                          permutations: int = 1000, seed: int = 0, min_layers: int = 2) -> pd.DataFrame:
+    """Chapter 07: :func:`locolib.locality.layer_tests` (magnitudes) of every k x k layer of each
+    network, with columns network and kind."""
+    frames = [layer_tests(group, True, permutations, seed).assign(network=name, kind=kind)
+              for name, kind, group in _groups(networks, k, min_layers)]
+    if not frames:
+        raise ValueError(f"no network has {min_layers} or more {k} x {k} layers of one kind")
+    return pd.concat(frames, ignore_index=True)
 
 
 def locality_summary(tidy: pd.DataFrame, alpha: float = 0.001) -> pd.DataFrame:

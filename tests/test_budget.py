@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from locolib import budget
+from locolib.data import dataset_spec
 from locolib.plans import STUDIES, study
 
 
@@ -25,31 +26,49 @@ def test_detectable_effect_is_the_paired_t_formula_and_has_its_power():
     assert 0.76 < np.mean(p < 0.05) < 0.84
 
 
-@pytest.mark.parametrize("profile", ["colab", "gpu", "gpu_cifar100", "gpu_fashion_mnist"])
-def test_gpu_profiles_train_the_papers_cells(profile):
+@pytest.mark.parametrize("profile", ["colab", "gpu", "gpu_cifar100", "gpu_fashion_mnist",
+                                     "paper_cifar10", "paper_cifar100", "paper_fashion_mnist"])
+def test_gpu_profiles_train_the_papers_cells_with_table6_for_every_network(profile):
     s = study(profile)
     assert s.dataset in ("cifar10", "cifar100", "fashion_mnist")
-    assert {a.network for a in s.arms} == {"vgg13", "mobilenet", "resnet18"}
-    table5 = [a for a in s.arms if a.purpose == "Table 5"]
-    assert {(a.network, a.regularizer) for a in table5} == {
-        (n, r) for n in ("vgg13", "mobilenet", "resnet18") for r in ("l2", "loco")}
+    nets = {"vgg13", "mobilenet", "resnet18"}
+    assert {a.network for a in s.arms if a.purpose == "Table 5"} == nets
+    assert set(s.layerwise) == nets == {a.network for a in s.parameter_arms}
+    assert not any(a.regularizer == "loco" and a.purpose == "Table 5" for a in s.arms), \
+        "Table 5's LOCO-REG is the paper's: Table 6's parameters"
+    assert all(set(s.layerwise[n]) <= set(s.arm(f"l2/{n}").seeds) for n in nets)
     runs = budget.study_runs(s)
-    assert len(runs) == (sum(len(a.seeds) for a in s.arms) + len(s.parameter_arm.seeds)
-                         + len(s.cs) * len(s.table6_seeds))
-    assert all(c.batch_size == 128 and c.flip and c.pad == 4 for c in runs), "the paper's protocol"
+    assert len(runs) == len({c.key for c in runs})
+    flip = dataset_spec(s.dataset).flip
+    assert all(c.batch_size == 128 and c.pad == 4 and c.flip == flip for c in runs), "the paper's protocol"
+    summary = budget.profile_summary(profile)
+    assert set(summary["hours_per_device"]) == {"t4", "a100", "h100"}
+    assert summary["design"] and summary["sd_source"]
 
 
 @pytest.mark.slow
 def test_colab_fits_an_hour_on_a_t4_and_gpu_a_few_gpu_hours():
     colab = budget.profile_summary("colab")
-    assert colab["device"].startswith("NVIDIA T4") and 0.3 < colab["hours"] < 0.75
+    assert colab["device"].startswith("NVIDIA T4") and 0.3 < colab["hours"] < 1.0
     gpu = [budget.profile_summary(p) for p in ("gpu", "gpu_cifar100", "gpu_fashion_mnist")]
     assert 2 < sum(g["hours"] for g in gpu) < 6
-    # What each can decide: 10 pairs per Table 5 cell; the GPU runs resolve finer differences.
-    assert colab["detectable_effect_pp"]["loco/vgg13"] == pytest.approx(
-        budget.detectable_effect(budget.CAPACITY["colab"].sd_diff, 10))
-    assert gpu[0]["detectable_effect_pp"]["loco/vgg13"] < colab["detectable_effect_pp"]["loco/vgg13"]
-    assert set(budget.CAPACITY) <= set(STUDIES)
+    assert colab["detectable_effect_pp"]["loco_table6/vgg13"] == pytest.approx(
+        budget.detectable_effect(study("colab").paired_sd["vgg13"], 10))
+    assert gpu[0]["detectable_effect_pp"]["loco_table6/vgg13"] < colab["detectable_effect_pp"]["loco_table6/vgg13"]
+    assert set(budget.PROFILE_DEVICE) <= set(STUDIES)
+    with pytest.raises(ValueError, match="no paired SD"):
+        budget.profile_summary("default")
+
+
+def test_the_h100_speed_is_the_measured_resnet18_rate():
+    h100 = budget.devices()["h100"]
+    assert h100.source.startswith("measured 2026-12-06")
+    assert h100.flops_per_s == pytest.approx(budget.flops_per_image("resnet18", 1.0, 3, 10)[0] * 10_222)
+    cfg = study("paper_cifar10").arm("l2/resnet18").configs("cifar10", study("paper_cifar10").protocol)[0]
+    train_s = budget.run_seconds(cfg.replace(eval_every=10**6), h100)
+    evals = (10_000 + 50_000) * budget.flops_per_image("resnet18", 1.0, 3, 10)[1] / h100.flops_per_s
+    assert (train_s - evals) == pytest.approx(250 * 50_000 / 10_222), "reproduces 10,222 images/s"
+    assert all(d.source.startswith("assumed") for k, d in budget.devices().items() if k != "h100")
 
 
 def test_run_seconds_counts_steps_evaluations_and_flops():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locolib import inspection as ins
+from locolib import locality as lo
 from locolib.train import RunConfig, train, weight_stats
 
 torch.set_num_threads(1)
@@ -151,8 +152,8 @@ def test_layer_locality_of_records():
     from locolib.models import build_model
 
     model = build_model("vgg13", 10, in_channels=1, width=0.0625)
-    record = {"config": {"network": "vgg13", "width": 0.0625, "kernel_size": 3},
-              "weight_stats": weight_stats(model)}
+    record = {"config": {"network": "vgg13", "width": 0.0625, "kernel_size": 3, "regularizer": "l2",
+                         "seed": 0}, "weight_stats": weight_stats(model)}
     by_layer = ins.layer_locality([record, record])
     assert list(by_layer.index.names) == ["network", "layer", "map", "stride"]
     assert list(by_layer.index.get_level_values("map")) == [32, 32, 16, 16, 8, 8, 4, 4, 2, 2]
@@ -161,6 +162,18 @@ def test_layer_locality_of_records():
     assert by_layer["coverage n/co"].iloc[0] == pytest.approx(large["n"] / large["co"])
     fig = ins.plot_layer_locality(by_layer, {"vgg13": "VGG13"})
     assert [ax.get_title() for ax in fig.axes] == [f"{c} |w| per layer, L2 runs" for c in ("m(c,n)", "m(n,co)")]
+
+
+def test_run_layers_knows_kinds_padding_and_ratios():
+    from locolib.models import build_model
+
+    model = build_model("mobilenet", 10, in_channels=1, width=0.0625)
+    config = {"network": "mobilenet", "width": 0.0625, "kernel_size": 3, "regularizer": "l2",
+              "seed": 3, "padding_mode": "reflect"}
+    layers = ins.run_layers([{"config": config, "weight_stats": weight_stats(model)}])
+    assert layers.kind.tolist() == ["dense"] + ["depthwise"] * 9, "the stem, then the depth-wise layers"
+    assert set(layers.padding_mode) == {"reflect"} and set(layers.seed) == {3}
+    assert np.allclose(layers["c/n"], lo.magnitude_ratios(weight_stats(model))["c/n"])
 
 
 def test_kernels_versus_records_of_a_run(tmp_path):

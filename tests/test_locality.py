@@ -6,6 +6,7 @@ import doctest
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -492,3 +493,82 @@ def test_side_by_side_and_upper_exceeds_lower():
     paper = lo.paper_table4()
     assert lo.upper_exceeds_lower(paper[paper.dataset == "CIFAR-100"], by="model") == {
         "VGG13 (Table 3)": True, "ResNet18": True, "MobileNet (Table 3)": False}
+
+
+def _centre_heavy(rng, n, centre=2.0, edge=1.0, corner=1.0):
+    taps = np.array([[corner, edge, corner], [edge, centre, edge], [corner, edge, corner]])
+    return taps * rng.choice([-1.0, 1.0], size=(n, 3, 3)) * rng.uniform(0.9, 1.1, size=(n, 3, 3))
+
+
+def test_magnitude_ratios_from_kernels_and_from_records_agree():
+    rng = np.random.default_rng(0)
+    conv = nn.Conv2d(4, 6, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(_centre_heavy(rng, 24, 2.0, 1.5, 1.0).reshape(6, 4, 3, 3)))
+    model = nn.Sequential(conv)
+    from_kernels = lo.magnitude_ratios([conv.weight])
+    from_record = lo.magnitude_ratios(weight_stats(model))
+    assert np.allclose(from_kernels[["c/n", "n/co"]], from_record[["c/n", "n/co"]])
+    assert from_record.matrices.tolist() == [24]
+    # signs do not matter, sizes do: about 2 / 1.5 and 1.5 / 1
+    assert from_kernels["c/n"].item() == pytest.approx(2 / 1.5, rel=0.05)
+    assert from_kernels["n/co"].item() == pytest.approx(1.5, rel=0.05)
+
+
+def test_network_effects_are_geometric_means_with_a_seeded_interval_over_layers():
+    rng = np.random.default_rng(1)
+    layers = [_centre_heavy(rng, 50, c) for c in (1.2, 1.5, 1.8, 2.0, 1.4)]
+    ratios = lo.magnitude_ratios(layers).assign(network="toy")
+    eff = lo.network_effects(ratios, ["network"], n_resamples=999)
+    row = eff.loc["toy"]
+    assert row["n_layers"] == 5
+    assert row["c/n"] == pytest.approx(math.exp(np.log(ratios["c/n"]).mean()))
+    assert 1 < row["c/n low"] < row["c/n"] < row["c/n high"]
+    assert eff.equals(lo.network_effects(ratios, ["network"], n_resamples=999)), "seeded"
+    few = lo.network_effects(ratios.head(2), ["network"])
+    assert math.isnan(few.loc["toy", "c/n low"]), "no interval from fewer than three layers"
+
+
+def test_compare_groups_uses_networks_as_replicates():
+    values = pd.Series([2.0, 1.8, 2.2, 1.2, 1.3, 1.1])
+    groups = pd.Series(["depthwise"] * 3 + ["dense"] * 3)
+    out = lo.compare_groups(values, groups, "depthwise", "dense")
+    assert out["n depthwise"] == out["n dense"] == 3
+    assert out["ratio"] == pytest.approx(math.exp(np.log([2.0, 1.8, 2.2]).mean() - np.log([1.2, 1.3, 1.1]).mean()))
+    # three networks a side: 20 relabellings, so even complete separation gives p = 2/20
+    assert out["p_floor"] == pytest.approx(0.1) and out["p_permutation"] == pytest.approx(0.1)
+    assert out["ratio low"] < out["ratio"] < out["ratio high"]
+    with pytest.raises(ValueError, match="at least two networks"):
+        lo.compare_groups(values, groups, "depthwise", "other")
+
+
+def test_layer_tests_describe_every_layer():
+    rng = np.random.default_rng(2)
+    layers = [_centre_heavy(rng, 200), rng.normal(size=(200, 3, 3))]
+    out = lo.layer_tests(layers, permutations=199, seed=0)
+    assert out.layer.tolist() == [1, 1, 2, 2] and out.pair.tolist() == ["m(c,n)", "m(n,co)"] * 2
+    first = out[(out.layer == 1) & (out.pair == "m(c,n)")].iloc[0]
+    assert first.m > 0 and first.p < 1e-3 and first.p_perm == pytest.approx(1 / 200)
+    assert first.m == pytest.approx(lo.locality_test([layers[0]], "c", "n", True).m)
+
+
+def test_paired_layer_contrast_pairs_by_seed_and_holm_adjusts_over_layers():
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in range(8):
+        for layer, effect in ((1, 1.0), (2, 1.3)):
+            base = rng.uniform(1.0, 1.2)
+            for arm, factor in (("zeros", effect), ("reflect", 1.0)):
+                rows.append({"network": "toy", "seed": seed, "layer": layer, "map": 4, "padding_mode": arm,
+                             "c/n": base * factor * rng.uniform(0.99, 1.01), "n/co": base})
+    out = lo.paired_layer_contrast(pd.DataFrame(rows), "padding_mode", "zeros", "reflect")
+    cn = out[out.ratio == "c/n"].set_index("layer")
+    assert cn.loc[2, "change"] == pytest.approx(1.3, rel=0.02) and cn.loc[2, "p_holm"] < 1e-6
+    assert cn.loc[1, "change low"] < 1 < cn.loc[1, "change high"]
+    assert (cn.p_holm >= cn.p).all() and cn.pairs.tolist() == [8, 8]
+    # a second network is a family of its own: its layers do not enter the first one's Holm
+    two = pd.concat([pd.DataFrame(rows), pd.DataFrame(rows).assign(network="other")])
+    both = lo.paired_layer_contrast(two, "padding_mode", "zeros", "reflect")
+    assert both[both.network == "toy"].p_holm.tolist() == pytest.approx(out.p_holm.tolist(), nan_ok=True)
+    with pytest.raises(ValueError, match="complete pair"):
+        lo.paired_layer_contrast(pd.DataFrame(rows[:3]), "padding_mode", "zeros", "reflect")

@@ -163,3 +163,24 @@ def test_a_registered_network_is_one_entry(monkeypatch):
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
     with pytest.raises(ValueError, match="unknown network 'tinier'.*register one"):
         build_model("tinier", 3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_padding_mode_reaches_every_padded_convolution(name, mode):
+    def build(padding_mode):
+        torch.manual_seed(0)
+        # train(): BatchNorm on batch statistics keeps an untrained net's maps away from zero
+        return build_model(name, 10, in_channels=1, width=1 / 16, padding_mode=padding_mode).train()
+
+    zeros, other = build("zeros"), build(mode)
+    padded = [m for m in other.modules() if isinstance(m, nn.Conv2d) and max(m.padding) > 0]
+    assert padded and all(m.padding_mode == mode for m in padded)
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(zeros(x), other(x)), "same weights, other padding, other output"
+    conv = padded[0]
+    y = conv(torch.ones(1, conv.in_channels, 8, 8))
+    # A constant map stays constant: no zeros under the border taps.
+    assert torch.allclose(y[..., 0, 0], y[..., 4, 4], atol=1e-6)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        build_model(name, 10, padding_mode="replicate!")

@@ -173,3 +173,67 @@ def test_the_mechanism_smoke_study_trains_and_is_analysed(scratch_results):
     table = stats.contrast_table(frame, plan.hypotheses, best)
     assert list(table.hypothesis) == [h.name for h in plan.hypotheses]
     assert len(stats.lam_curves(frame)) == len(plan.regularizers) * len(plan.lams)
+
+
+def test_the_padding_study_reuses_the_committed_zero_padding_runs():
+    pad, default = plans.study("padding"), plans.study("default")
+    zeros, reflect = pad.arm("zeros/vgg13"), pad.arm("reflect/vgg13")
+    assert reflect.reference == zeros.name and len(zeros.seeds) >= 10
+    committed = {c.key for c in default.arm("l2/vgg13").configs(default.dataset, default.protocol)}
+    assert {c.key for c in zeros.configs(pad.dataset, pad.protocol)} <= committed
+    for z, r in zip(zeros.configs(pad.dataset, pad.protocol), reflect.configs(pad.dataset, pad.protocol)):
+        assert z.replace(padding_mode="reflect") == r and z.padding_mode == "zeros"
+    assert "Expected direction: zero > reflect" in pad.design, "pre-registered before training"
+
+
+def test_the_paper_profile_is_the_papers_protocol():
+    from locolib.config import PAPER_MILESTONES, RunConfig
+    from locolib.experiments import table6_loco_params
+
+    assert set(plans.GROUPS["paper"]) == {"paper_cifar10", "paper_cifar100", "paper_fashion_mnist"}
+    for name in plans.GROUPS["paper"]:
+        s = plans.study(name)
+        runs = s.configs([*s.parameter_arms, *s.arms])
+        assert all(c.epochs == 250 and c.batch_size == 128 and c.lr == 0.1 and c.momentum == 0.9
+                   and c.lr_decay == 0.316 and c.milestones == PAPER_MILESTONES and c.lam == 5e-4
+                   and c.width == 1.0 and c.pad == 4 and c.kernel_size == 3 for c in runs), name
+        assert {c.network for c in runs} == {"vgg13", "mobilenet", "resnet18"}
+        assert all(n >= plans.PAPER_RUNS for n in map(len, s.layerwise.values())), "at least the paper's 20"
+        evaluated = {seed for a in s.arms for seed in a.seeds}
+        assert not evaluated & {seed for a in s.parameter_arms for seed in a.seeds}
+        # Table 6 (c = 1.5) for every network, each from its own network's parameter runs
+        params = []
+        for a in s.parameter_arms:
+            cfg = a.configs(s.dataset, s.protocol)[0]
+            params.append({"config": cfg.to_dict(), "weight_stats": _fake_stats(cfg)})
+        arms = s.layerwise_arms(params)
+        assert {a.network for a in arms} == {"vgg13", "mobilenet", "resnet18"}
+        expected = table6_loco_params(params, c=1.5)
+        for a in arms:
+            assert a.purpose == "Table 5" and a.reference == f"l2/{a.network}"
+            assert a.fields["gamma"] == expected[f"{s.dataset}/{a.network}"]["gamma"]
+            assert isinstance(RunConfig(s.dataset, a.network, "loco", 0, **a.fields).gamma, tuple)
+
+
+def _fake_stats(cfg):
+    """weight_stats of an untrained network of ``cfg`` (enough for Table 6's arithmetic)."""
+    import torch
+
+    from locolib.data import dataset_spec
+    from locolib.models import build_model
+    from locolib.train import weight_stats
+
+    spec = dataset_spec(cfg.dataset)
+    torch.manual_seed(0)
+    return weight_stats(build_model(cfg.network, spec.num_classes, spec.channels, width=1 / 16))
+
+
+def test_paper_pairs_are_sized_from_the_papers_stars():
+    # *** at a gain d over 20 + 20 runs: one run's spread is at most d / (t_.999,38 sqrt(2/20))
+    sd = plans.paper_paired_sd("cifar100", "vgg13")
+    assert sd == pytest.approx(2 ** 0.5 * 0.82 / (3.319 * (2 / 20) ** 0.5), rel=1e-3)
+    from locolib.stats import minimum_detectable_effect
+
+    n = plans.pairs_to_detect(0.82, sd)
+    assert minimum_detectable_effect(sd, n) <= 0.82 < minimum_detectable_effect(sd, n - 1)
+    assert plans.paper_difference("fashion_mnist", "resnet18") == pytest.approx(0.11)

@@ -85,6 +85,9 @@ def test_holm_matches_hand_computed_adjustments():
     assert holm([0.3, 0.4, 0.5]) == pytest.approx([0.9, 0.9, 0.9])
     assert holm([0.6, 0.001]) == pytest.approx([0.6, 0.002])
     assert holm([0.7, 0.9]) == pytest.approx([1.0, 1.0])
+    assert len(holm([])) == 0
+    with pytest.raises(ValueError, match="probabilities"):
+        holm([0.1, 1.5])
 
 
 def test_lam_is_chosen_on_validation_never_on_test():

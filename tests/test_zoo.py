@@ -182,3 +182,14 @@ def test_wheel_licence_reads_metadata(tmp_path):
     assert got == {"license": "The MIT License (MIT)", "classifiers": [],
                    "files": {"licenses/LICENSE": "Apache License"}}
     assert Path(wheel).is_file()
+
+
+def test_ratios_and_layer_tests_of_networks_elsewhere_use_groups_of_two_or_more_layers():
+    networks = zoo.load({"toy": zoo.toy_network()})
+    ratios = zoo.ratios_elsewhere(networks)
+    tests = zoo.layer_tests_elsewhere(networks, permutations=19)
+    assert set(ratios.kind) == set(tests.kind) == {"dense", "depthwise"}
+    assert (ratios[["c/n", "n/co"]] > 1).all().all(), "the toy network is local by construction"
+    assert len(tests) == 2 * len(ratios) and tests.p_perm.between(0, 1).all()
+    with pytest.raises(ValueError, match="or more"):
+        zoo.ratios_elsewhere(networks, min_layers=10)
