@@ -51,7 +51,7 @@ from locolib.experiments import finished_records, history_frame, table6_loco_par
 from locolib.reg import realized_factor
 from locolib.stats import minimum_detectable_effect
 from locolib.sweep import print_status, run_sweep
-from locolib.train import dose_matched_lam, paper_dose, regularization_dose
+from locolib.train import check_device, dose_matched_lam, paper_dose, regularization_dose
 
 __all__ = ["Arm", "Study", "STUDIES", "GROUPS", "PAPER_TABLE5", "paper_difference", "paper_paired_sd",
            "pairs_to_detect", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study",
@@ -481,10 +481,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("profile", choices=[*STUDIES, *GROUPS])
     p.add_argument("--results", type=Path, default=None, help="results folder")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or mps (default: the best this machine has)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--dry-run", action="store_true",
                    help="list the study's runs, cost and power, and their status; train nothing")
     a = p.parse_args(argv)
+    if a.device is not None:
+        try:
+            check_device(a.device)
+        except ValueError as err:
+            p.error(str(err))
     profiles = GROUPS.get(a.profile, (a.profile,))
     if a.dry_run:
         for profile in profiles:
@@ -493,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     for profile in profiles:
-        arms = run_study(profile, a.results, progress=not a.quiet,
+        arms = run_study(profile, a.results, device=a.device, progress=not a.quiet,
                          log=None if a.quiet else print)
         print(f"{profile}: {sum(len(x.seeds) for x in arms)} runs in {len(arms)} arms have records")
     return 0

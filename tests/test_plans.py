@@ -237,3 +237,9 @@ def test_paper_pairs_are_sized_from_the_papers_stars():
     n = plans.pairs_to_detect(0.82, sd)
     assert minimum_detectable_effect(sd, n) <= 0.82 < minimum_detectable_effect(sd, n - 1)
     assert plans.paper_difference("fashion_mnist", "resnet18") == pytest.approx(0.11)
+
+
+def test_a_study_refuses_a_device_this_machine_lacks(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        plans.main(["smoke", "--device", "cuda:99", "--dry-run"])
+    assert exit_.value.code == 2 and "cuda:99" in capsys.readouterr().err
