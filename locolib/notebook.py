@@ -195,8 +195,8 @@ def colab_cell_source(config: str | Path) -> str:
         f'    clone = here / "{name}"\n'
         "    if not clone.is_dir():\n"
         f'        url = os.environ.get("{REPOSITORY_ENV}", "{url}")\n'
-        f'        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", "{branch}", url, str(clone)],\n'
-        "                       check=True)\n"
+        f'        git = ["git", "clone", "--quiet", "--depth", "1", "--branch", "{branch}", url, str(clone)]\n'
+        "        subprocess.run(git, check=True)\n"
         '    if "google.colab" in sys.modules:  # locolib\'s dependencies; Colab\'s own torch is kept\n'
         "        %pip install --quiet -e {clone} onnx\n"
         "    sys.path.insert(0, str(clone))  # an editable install is seen only after a restart\n"
