@@ -43,6 +43,23 @@ def glue(name: str, value: Any) -> Any:
     return value
 
 
+def book_style(threads: int | None = None) -> None:
+    """Settings every chapter starts with: figures drawn at the width of the book's text column
+    (7.5 inches at 100 dpi) with fonts of at least 9 pt there, pandas tables with 3 decimals, and
+    ``threads`` torch CPU threads (None: torch's default)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- only a chapter needs it
+    import pandas as pd  # noqa: PLC0415
+
+    plt.rcParams.update({"figure.figsize": (7.5, 3.6), "figure.dpi": 100, "font.size": 10,
+                         "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
+                         "ytick.labelsize": 9, "legend.fontsize": 9})
+    pd.set_option("display.precision", 3)
+    if threads is not None:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+
+
 def read_parameters(path: str | Path) -> dict[str, Any]:
     """The literals assigned in a notebook's cell tagged ``parameters``.
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from locolib.stats import minimum_detectable_effect, paired, paired_table, welch
+from locolib.stats import benjamini_hochberg, holm, minimum_detectable_effect, paired, paired_table, verdict, welch
 
 
 def test_paired_difference_interval_and_tests_match_scipy():
@@ -71,6 +71,26 @@ def test_paired_table_pairs_by_seed_and_names_a_missing_reference():
     assert list(t.arm) == ["loco"] and t.n[0] == 8
     assert math.isclose(t.difference[0], -100 * 0.002 * 1.5)  # percent, paired by seed
     assert t.verdict[0] == "lower error"
+    assert t.p_holm[0] == t.p_bh[0] == t.p_paired[0], "a family of one needs no adjustment"
     bad = pd.DataFrame(rows[8:])
     with pytest.raises(ValueError, match="reference arm 'l2' has no runs"):
         paired_table(bad)
+
+
+def test_holm_and_benjamini_hochberg_match_hand_computed_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert np.allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    # BH: sorted p * 4 / rank = 0.02, 0.02, 0.04, 0.04 -> running min from the largest
+    assert np.allclose(benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02])
+    assert np.allclose(holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    # A missing p (an arm without a test) is not part of the family.
+    assert np.allclose(holm([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04], equal_nan=True)
+    assert np.allclose(benjamini_hochberg([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04], equal_nan=True)
+
+
+def test_the_verdict_reads_the_adjusted_p():
+    row = pd.DataFrame([{"n": 8, "p_paired": 0.01, "p_holm": 0.2, "difference": -1.0, "equivalence_rel": 0.1}])
+    r = next(row.itertuples())
+    assert verdict(r) == "no difference detected; |effect| < 10.0% relative"
+    assert verdict(r._replace(p_holm=0.01)) == "lower error"
