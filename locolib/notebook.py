@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from locolib.results import RESULTS_ENV
 
 PROFILES = ("smoke", "default", "gpu")
@@ -39,7 +41,8 @@ def glue(name: str, value: Any) -> Any:
         from myst_nb import glue as myst_glue  # noqa: PLC0415 -- optional dependency (locolib[book])
     except ImportError:
         return value
-    myst_glue(name, value, display=False)
+    # A numpy scalar's text is "np.float64(...)", which a role's format spec cannot format.
+    myst_glue(name, value.item() if isinstance(value, np.generic) else value, display=False)
     return value
 
 
