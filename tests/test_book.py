@@ -227,7 +227,8 @@ def check_the_readers_view(page: str, browser) -> None:
     too_wide = browser.execute_script(
         "const column = document.querySelector('article').clientWidth;"
         "return Array.from(document.querySelectorAll('article table'))"
-        ".filter(t => t.offsetParent !== null && t.scrollWidth > column + 1)"
+        ".filter(t => t.checkVisibility({visibilityProperty: true, opacityProperty: true})"
+        " && t.scrollWidth > column + 1)"
         ".map(t => [t.scrollWidth, column, t.textContent.trim().slice(0, 60)]);"
     )
     assert not too_wide, f"{page}: tables wider than the text column: {too_wide}"
