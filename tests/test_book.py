@@ -205,6 +205,11 @@ def test_chapter_reads_well_in_a_browser(page: str, smoke_book: Path, served: st
     screenshot(browser, smoke_book.parent / "screenshots" / f"{page.replace('/', '_')}.png")
 
 
+# Chapters whose answer is still to be written (chapter 07's comes with the rewrite of its
+# analysis). The test fails once the answer is there: then delete the entry.
+NO_ANSWER_YET = {"notebooks/07_testing_locality"}
+
+
 def check_the_readers_view(page: str, browser) -> None:
     """What a reader sees first and what must fit: the answer above the first code cell, filled
     (no empty pasted number), and no visible table wider than the text column."""
@@ -217,9 +222,12 @@ def check_the_readers_view(page: str, browser) -> None:
         " empty: Array.from(a.querySelectorAll('.pasted-text')).filter(p => !p.textContent.trim()).length,"
         " pasted: a.querySelectorAll('.pasted-text').length};"
     )
-    assert answer is not None, f"{page}: no 'The answer' admonition"
-    assert answer["first"], f"{page}: the answer is not above the first code cell"
-    assert answer["empty"] == 0 and len(answer["text"]) > len("The answer") + 40, f"{page}: the answer is empty"
+    if page in NO_ANSWER_YET:
+        assert answer is None, f"{page} has its answer now: delete it from NO_ANSWER_YET"
+    else:
+        assert answer is not None, f"{page}: no 'The answer' admonition"
+        assert answer["first"], f"{page}: the answer is not above the first code cell"
+        assert answer["empty"] == 0 and len(answer["text"]) > len("The answer") + 40, f"{page}: the answer is empty"
     empty = browser.execute_script(
         "return Array.from(document.querySelectorAll('article .pasted-text'))"
         ".filter(p => !p.textContent.trim()).length")
