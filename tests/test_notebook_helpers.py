@@ -164,3 +164,29 @@ def test_settled_streams_show_what_a_terminal_shows(tmp_path):
     outputs = nbformat.read(tmp_path / "n.ipynb", as_version=4).cells[0].outputs
     assert [(o.name, o.text) for o in outputs] == [
         ("stderr", "run: 100%\n"), ("stdout", "trained\n"), ("stderr", "sweep: 100%|##| 2/2\n")]
+
+
+def test_the_build_removes_papermills_injected_parameters_from_the_page(tmp_path: Path):
+    import nbformat
+
+    from locolib.book import hide_injected_parameters
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'default'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["injected-parameters"]})]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    hide_injected_parameters(tmp_path / "n.ipynb")
+    tags = [c.metadata.get("tags") for c in nbformat.read(tmp_path / "n.ipynb", as_version=4).cells]
+    assert tags == [["parameters"], ["injected-parameters", "remove-cell"]]
+
+
+def test_book_style_draws_figures_at_the_column_width_with_legible_fonts():
+    import matplotlib.pyplot as plt
+
+    from locolib.notebook import book_style
+
+    with plt.rc_context():
+        book_style()
+        assert plt.rcParams["figure.figsize"][0] * plt.rcParams["figure.dpi"] <= 750
+        assert min(plt.rcParams[k] for k in ("font.size", "xtick.labelsize", "ytick.labelsize",
+                                             "legend.fontsize")) >= 9

@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from locolib.stats import benjamini_hochberg, holm, minimum_detectable_effect, paired, paired_table, verdict, welch
+from locolib.stats import (
+    benjamini_hochberg,
+    holm,
+    minimum_detectable_effect,
+    paired,
+    paired_table,
+    reader_table,
+    verdict,
+    welch,
+)
 
 
 def test_paired_difference_interval_and_tests_match_scipy():
@@ -72,6 +81,9 @@ def test_paired_table_pairs_by_seed_and_names_a_missing_reference():
     assert math.isclose(t.difference[0], -100 * 0.002 * 1.5)  # percent, paired by seed
     assert t.verdict[0] == "lower error"
     assert t.p_holm[0] == t.p_bh[0] == t.p_paired[0], "a family of one needs no adjustment"
+    slim = reader_table(t)
+    assert list(slim.columns) == ["n", "difference, pp [95% CI]", "relative", "p (Holm)", "verdict"]
+    assert slim.index.tolist() == ["loco"] and slim.iloc[0]["difference, pp [95% CI]"].startswith("-0.30 [")
     bad = pd.DataFrame(rows[8:])
     with pytest.raises(ValueError, match="reference arm 'l2' has no runs"):
         paired_table(bad)
