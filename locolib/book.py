@@ -58,8 +58,22 @@ def execute_chapter(root: Path, notebook: Path, staging: Path, profile: str) -> 
     start = time.perf_counter()
     print(f"executing {notebook.relative_to(root)} (profile {chosen}) ...", flush=True)
     executed = run_notebook(notebook, staging / notebook.relative_to(root), profile=chosen)
+    hide_injected_parameters(executed)
     print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
     return executed
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag the cell papermill injected (``injected-parameters``) ``remove-cell``: the page shows
+    the chapter's own ``parameters`` cell once, not a second copy with the build's values."""
+    import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
 
 
 def stage(root: Path, staging: Path, profile: str) -> Path:

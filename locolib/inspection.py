@@ -180,6 +180,9 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
         if not (had_record and retrain_missing):
             raise FileNotFoundError(f"run {config.key} is finished but its weights are not in "
                                     f"{model_dir}; retrain it with model_dir set")
+        # Said aloud: a reader who expected the book's records to be read sees why this takes time.
+        print(f"run {config.key}: its weights are not committed, training it again to recover them "
+              f"(its record took {record['timing']['total_s']:.0f} s on {record['device']['name']})", flush=True)
         with tempfile.TemporaryDirectory(prefix="locolib-recover-") as scratch:
             again = train(config, results_dir=scratch, device=device, progress=progress,
                           download=download, model_dir=model_dir)

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from locolib.results import RESULTS_ENV
 
 PROFILES = ("smoke", "default", "gpu")
@@ -39,8 +41,26 @@ def glue(name: str, value: Any) -> Any:
         from myst_nb import glue as myst_glue  # noqa: PLC0415 -- optional dependency (locolib[book])
     except ImportError:
         return value
-    myst_glue(name, value, display=False)
+    # A numpy scalar's text is "np.float64(...)", which a role's format spec cannot format.
+    myst_glue(name, value.item() if isinstance(value, np.generic) else value, display=False)
     return value
+
+
+def book_style(threads: int | None = None) -> None:
+    """Settings every chapter starts with: figures drawn at the width of the book's text column
+    (7.5 inches at 100 dpi) with fonts of at least 9 pt there, pandas tables with 3 decimals, and
+    ``threads`` torch CPU threads (None: torch's default)."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- only a chapter needs it
+    import pandas as pd  # noqa: PLC0415
+
+    plt.rcParams.update({"figure.figsize": (7.5, 3.6), "figure.dpi": 100, "font.size": 10,
+                         "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
+                         "ytick.labelsize": 9, "legend.fontsize": 9})
+    pd.set_option("display.precision", 3)
+    if threads is not None:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
 
 
 def read_parameters(path: str | Path) -> dict[str, Any]:
@@ -162,24 +182,46 @@ def _environment(name: str, value: str | Path | None) -> Iterator[None]:
             os.environ[name] = before
 
 
-COLAB_MARKER = "# Colab: install locolib"
+COLAB_MARKER = "# Colab, or this notebook alone:"
+REPOSITORY_ENV = "LOCOLIB_REPOSITORY"
 
 
 def colab_cell_source(config: str | Path) -> str:
-    """The first code cell of every notebook: installs locolib in Colab, does nothing elsewhere.
+    """The first code cell of every notebook: outside the repository, work inside a clone of it.
 
-    The repository URL and branch come from ``_config.yml`` so that they are written down once.
+    A notebook opened alone (Colab's launch button, a downloaded file) has no ``results/`` next to
+    it and would train the whole study again. The cell clones the repository (shallow, the branch
+    of ``_config.yml``) into ``./<name>`` unless it is there, imports ``locolib`` from the clone
+    (in Colab it also installs the dependencies) and moves into the clone's ``notebooks/``: the
+    chapter then reads the book's own training records. ``$LOCOLIB_REPOSITORY`` replaces the URL
+    (a test clones a local copy). Inside the repository (the book build, a checkout) it does
+    nothing. The repository URL and branch are written down once, in ``_config.yml``.
     """
     import yaml  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     repo = yaml.safe_load(Path(config).read_text())["repository"]
     url, branch = repo["url"].rstrip("/"), repo["branch"]
+    name = url.rsplit("/", 1)[-1].removesuffix(".git")
     return (
-        f"{COLAB_MARKER} from the book's repository (branch {branch}); elsewhere this does nothing.\n"
+        f"{COLAB_MARKER} work in a clone of the book's repository (branch {branch}), so that the\n"
+        "# chapter reads the book's training records instead of training again. In the repository: nothing.\n"
+        "import os\n"
+        "import subprocess\n"
         "import sys\n"
+        "from pathlib import Path\n"
         "\n"
-        'if "google.colab" in sys.modules:\n'
-        f'    %pip install --quiet "locolib @ git+{url}@{branch}"'
+        "here = Path.cwd()\n"
+        'if not any((d / "_config.yml").is_file() and (d / "locolib").is_dir() for d in (here, *here.parents)):\n'
+        f'    clone = here / "{name}"\n'
+        "    if not clone.is_dir():\n"
+        f'        url = os.environ.get("{REPOSITORY_ENV}", "{url}")\n'
+        f'        git = ["git", "clone", "--quiet", "--depth", "1", "--branch", "{branch}", url, str(clone)]\n'
+        "        subprocess.run(git, check=True)\n"
+        '    if "google.colab" in sys.modules:  # locolib\'s dependencies; Colab\'s own torch is kept\n'
+        "        %pip install --quiet -e {clone} onnx\n"
+        "    sys.path.insert(0, str(clone))  # an editable install is seen only after a restart\n"
+        '    os.chdir(clone / "notebooks")\n'
+        '    print(f"working in {clone}: this chapter reads the training records in {clone / \'results\'}")'
     )
 
 

@@ -7,6 +7,10 @@ reference arm's error), Welch's unpaired test beside it (what the paper's Table 
 smallest effect the design detects (:func:`minimum_detectable_effect`), and the equivalence
 bound: the smallest symmetric relative margin that two one-sided tests (TOST) reject at level
 alpha, i.e. how large an effect the data rule out.
+
+A table tests several arms at once, so its p-values are adjusted for multiplicity over a declared
+family (:func:`paired_table`: every row of the table): :func:`holm` controls the family-wise
+error rate, :func:`benjamini_hochberg` the false discovery rate.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from scipy import stats
 from locolib.config import config_fields
 from locolib.kernels import stars
 
-__all__ = ["paired", "welch", "minimum_detectable_effect", "paired_table", "verdict", "compare",
-           "holm", "best_lams", "lam_curves", "contrast_table", "convergence"]
+__all__ = ["paired", "welch", "minimum_detectable_effect", "holm", "benjamini_hochberg", "paired_table",
+           "reader_table", "verdict", "compare", "best_lams", "lam_curves", "contrast_table",
+           "convergence"]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
@@ -89,21 +94,49 @@ def paired(arm: Sequence[float], reference: Sequence[float], confidence: float =
     return out
 
 
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of ``pvalues`` (one family; NaN stays NaN and is not counted).
+
+    The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j)): a family
+    rejected where the adjusted p < alpha has family-wise error rate at most alpha.
+    """
+    p = np.asarray(pvalues, float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"pvalues must be a sequence of probabilities in [0, 1], got {pvalues!r}")
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjustment of ``pvalues`` (false discovery rate; NaN stays NaN)."""
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
 def verdict(row, alpha: float = 0.05) -> str:
-    """What a row of :func:`paired_table` supports, in words."""
-    if not row.n or math.isnan(row.p_paired):
+    """What a row of :func:`paired_table` supports, in words: the paired t-test, its p adjusted
+    over the table (``p_holm``), decides; the Wilcoxon test is reported beside it."""
+    if not row.n or math.isnan(row.p_holm):
         return "no test"
-    if row.p_paired < alpha and row.p_wilcoxon < alpha:
+    if row.p_holm < alpha:
         return "lower error" if row.difference < 0 else "higher error"
-    if row.p_paired < alpha or row.p_wilcoxon < alpha:
-        return "lower error (one test only)" if row.difference < 0 else "higher error (one test only)"
     return f"no difference detected; |effect| < {100 * row.equivalence_rel:.1f}% relative"
 
 
 def paired_table(frame: pd.DataFrame, value: str = "test_error", scale: float = 100.0,
                  confidence: float = 0.95) -> pd.DataFrame:
     """One row per arm that has a reference arm: :func:`paired` on ``value`` (times ``scale``,
-    percent by default) over the seeds both arms have, plus ``verdict``.
+    percent by default) over the seeds both arms have, plus ``p_holm`` and ``p_bh``: the paired
+    t-test's p adjusted over the family of all the table's rows (:func:`holm`,
+    :func:`benjamini_hochberg`), and ``verdict``.
 
     ``frame``: one row per run with columns ``arm``, ``reference`` (None for reference arms),
     ``purpose``, ``network``, ``seed`` and ``value`` (as :func:`locolib.plans.arm_frame`
@@ -122,8 +155,23 @@ def paired_table(frame: pd.DataFrame, value: str = "test_error", scale: float = 
                      "network": r.network, **res})
     out = pd.DataFrame(rows)
     if not out.empty:
+        out["p_holm"], out["p_bh"] = holm(out.p_paired), benjamini_hochberg(out.p_paired)
         out["verdict"] = [verdict(r) for r in out.itertuples()]
     return out
+
+
+def reader_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns of a :func:`paired_table` that a reader needs, formatted to fit a page
+    (chapters 05 and 06): per arm, n, the difference in percentage points with its 95% interval,
+    the same relative to the reference, the Holm-adjusted p and the verdict."""
+    return pd.DataFrame({
+        "n": table.n.to_numpy(),
+        "difference, pp [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                                    for d, lo, hi in zip(table.difference, table.ci_low, table.ci_high)],
+        "relative": [f"{100 * r:+.1f}%" for r in table.difference_rel],
+        "p (Holm)": [f"{p:.2g}" for p in table.p_holm],
+        "verdict": table.verdict.to_numpy(),
+    }, index=pd.Index(table.arm, name="arm"))
 
 
 def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) -> pd.DataFrame:
@@ -164,20 +212,6 @@ def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) ->
 # --------------------------------------------------------------------------------------------
 # A pre-registered lambda sweep (chapter 05's mechanism study, locolib.plans.MECHANISM)
 # --------------------------------------------------------------------------------------------
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjustment of ``pvalues`` (family-wise error rate): the i-th smallest
-    p is multiplied by (m - i + 1), made non-decreasing in that order and capped at 1; an
-    adjusted p < alpha rejects at family-wise level alpha. Same order as the input."""
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1 or np.any((p < 0) | (p > 1)):
-        raise ValueError(f"pvalues must be a sequence of probabilities in [0, 1], got {pvalues!r}")
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
-    out = np.empty_like(p)
-    out[order] = adjusted
-    return out
-
-
 def best_lams(frame: pd.DataFrame, select: str = "val_error") -> pd.Series:
     """Each regularizer's best ``lam``: the one of lowest mean ``select`` over seeds (the
     validation error; never the test error), the smaller lam on a tie. ``frame``: one row per

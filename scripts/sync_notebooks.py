@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def synced(nb: nbformat.NotebookNode, source: str) -> nbformat.NotebookNode:
-    cells = [c for c in nb.cells if not (c.cell_type == "code" and is_colab_cell(c.source))]
+    cells = [c for c in nb.cells if not (c.cell_type == "code" and (is_colab_cell(c.source)
+                                                                   or "colab" in c.metadata.get("tags", [])))]
     first_code = next((i for i, c in enumerate(cells) if c.cell_type == "code"), len(cells))
-    colab = nbformat.v4.new_code_cell(source, metadata={"tags": ["colab"]})
+    colab = nbformat.v4.new_code_cell(source, metadata={"tags": ["colab", "hide-input"]})
     cells.insert(first_code, colab)
     for cell in cells:
         cell.pop("id", None)

@@ -79,6 +79,17 @@ def test_build_fails_on_a_sphinx_warning(tmp_path: Path):
         build(bad, bad, profile="smoke")
 
 
+@pytest.mark.slow
+def test_a_glued_number_is_pasted_and_a_missing_one_fails_the_build(tmp_path: Path):
+    code = "from locolib.notebook import glue\nimport numpy as np\nglue('nb_x', np.float64(1.25))"
+    good = tiny_book(tmp_path / "good", "x = {glue:text}`../notebooks/n.ipynb::nb_x:.1f`.", code)
+    html = build(good, good, profile="smoke") / "book" / "intro.html"
+    assert "x = 1.2" in html.read_text().replace('<span class="pasted-text">', "").replace("</span>", "")
+    bad = tiny_book(tmp_path / "bad", "x = {glue:text}`../notebooks/n.ipynb::nb_y:.1f`.", code)
+    with pytest.raises(subprocess.CalledProcessError):
+        build(bad, bad, profile="smoke")
+
+
 def test_ci_fails_rather_than_skips_without_a_browser(monkeypatch):
     monkeypatch.delenv("CHROME_BIN", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
@@ -141,7 +152,8 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 "--window-size=1280,1000"):  # a laptop's width: the book's text column at its usual size
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
@@ -188,6 +200,54 @@ def test_chapter_reads_well_in_a_browser(page: str, smoke_book: Path, served: st
             for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
         )
         assert len(images) >= made, f"{page}: the notebook made {made} figures, the page shows {len(images)}"
+    if page.startswith("notebooks/"):
+        check_the_readers_view(page, browser)
+    screenshot(browser, smoke_book.parent / "screenshots" / f"{page.replace('/', '_')}.png")
+
+
+def check_the_readers_view(page: str, browser) -> None:
+    """What a reader sees first and what must fit: the answer above the first code cell, filled
+    (no empty pasted number), and no visible table wider than the text column."""
+    answer = browser.execute_script(
+        "const a = Array.from(document.querySelectorAll('article .admonition.tip'))"
+        ".find(e => e.querySelector('.admonition-title')?.textContent.trim() === 'The answer');"
+        "if (!a) return null;"
+        "const cell = document.querySelector('article .cell');"
+        "return {text: a.textContent.trim(), first: !cell || !!(a.compareDocumentPosition(cell) & 4),"
+        " empty: Array.from(a.querySelectorAll('.pasted-text')).filter(p => !p.textContent.trim()).length,"
+        " pasted: a.querySelectorAll('.pasted-text').length};"
+    )
+    assert answer is not None, f"{page}: no 'The answer' admonition"
+    assert answer["first"], f"{page}: the answer is not above the first code cell"
+    assert answer["empty"] == 0 and len(answer["text"]) > len("The answer") + 40, f"{page}: the answer is empty"
+    empty = browser.execute_script(
+        "return Array.from(document.querySelectorAll('article .pasted-text'))"
+        ".filter(p => !p.textContent.trim()).length")
+    assert empty == 0, f"{page}: {empty} glued numbers are empty"
+    too_wide = browser.execute_script(
+        "const column = document.querySelector('article').clientWidth;"
+        "return Array.from(document.querySelectorAll('article table'))"
+        ".filter(t => t.checkVisibility({visibilityProperty: true, opacityProperty: true})"
+        " && t.scrollWidth > column + 1)"
+        ".map(t => [t.scrollWidth, column, t.textContent.trim().slice(0, 60)]);"
+    )
+    assert not too_wide, f"{page}: tables wider than the text column: {too_wide}"
+
+
+def screenshot(browser, path: Path) -> None:
+    """A full-page screenshot at the window's width, for a person to look at."""
+    import base64
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width = browser.execute_script("return window.innerWidth")
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        shot = browser.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 @pytest.mark.slow

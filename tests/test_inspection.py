@@ -121,12 +121,13 @@ def test_load_run_model_gives_the_trained_weights(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_trained_model_recovers_weights_that_were_not_kept(tmp_path):
+def test_trained_model_recovers_weights_that_were_not_kept(tmp_path, capsys):
     cfg = tiny_config(seed=1)
     rec = train(cfg, results_dir=tmp_path, progress=False)          # weights not kept
     with pytest.raises(FileNotFoundError, match="weights"):
         ins.trained_model(cfg, results_dir=tmp_path, retrain_missing=False)
     model, rec2 = ins.trained_model(cfg, results_dir=tmp_path)
+    assert f"run {cfg.key}: its weights are not committed, training it again" in capsys.readouterr().out
     assert rec2 == rec, "the stored record is returned, not replaced"
     assert (tmp_path / "models" / f"{cfg.key}.pt").is_file()
     assert weight_stats(model) == rec["weight_stats"], "recovered weights differ from the run's"

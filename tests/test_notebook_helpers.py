@@ -1,7 +1,10 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from locolib.io import atomic_write_bytes, read_json, write_json
 from locolib.notebook import choose_profile, colab_cell_source, is_colab_cell
@@ -18,16 +21,35 @@ def test_choose_profile_returns_a_copy_and_names_the_choices():
         choose_profile(profiles, "gpu")
 
 
-def test_colab_cell_installs_the_configured_repository_only_in_colab():
+def test_colab_cell_clones_the_configured_repository_only_outside_it(tmp_path, monkeypatch):
     source = colab_cell_source(ROOT / "_config.yml")
-    config = (ROOT / "_config.yml").read_text()
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
     assert is_colab_cell(source)
-    url = source.split("git+")[1].split("@")[0]
-    assert f"url: {url}" in config
-    assert '"google.colab" in sys.modules' in source
-    # Outside Colab the cell is plain Python that does nothing.
-    namespace: dict = {}
-    exec(compile(source.replace("%pip", "raise SystemExit  #"), "<colab>", "exec"), namespace)
+    assert f'"{config["url"]}"' in source and f'"--branch", "{config["branch"]}"' in source
+    assert '"google.colab" in sys.modules' in source and "LOCOLIB_REPOSITORY" in source
+    runnable = compile(source.replace("%pip", "raise SystemExit  #"), "<colab>", "exec")
+    # Inside the repository the cell is plain Python that does nothing.
+    monkeypatch.chdir(ROOT / "notebooks")
+    exec(runnable, {})
+    assert Path.cwd() == ROOT / "notebooks"
+    # Alone, it clones ($LOCOLIB_REPOSITORY) and moves into the clone's notebooks/.
+    origin = tmp_path / "origin"
+    subprocess.run(["git", "init", "--quiet", "-b", config["branch"], str(origin)], check=True)
+    for path in ("_config.yml", "locolib/__init__.py", "notebooks/.keep"):
+        (origin / path).parent.mkdir(parents=True, exist_ok=True)
+        (origin / path).write_text("")
+    subprocess.run(["git", "-C", str(origin), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(origin), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet",
+                    "-m", "x"], check=True)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    monkeypatch.chdir(alone)
+    monkeypatch.setenv("LOCOLIB_REPOSITORY", origin.as_uri())
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    exec(runnable, {})
+    clone = alone / config["url"].rsplit("/", 1)[-1]
+    assert Path.cwd() == clone / "notebooks" and sys.path[0] == str(clone)
+    assert sorted(p.name for p in alone.iterdir()) == [clone.name]
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path: Path):
@@ -142,3 +164,29 @@ def test_settled_streams_show_what_a_terminal_shows(tmp_path):
     outputs = nbformat.read(tmp_path / "n.ipynb", as_version=4).cells[0].outputs
     assert [(o.name, o.text) for o in outputs] == [
         ("stderr", "run: 100%\n"), ("stdout", "trained\n"), ("stderr", "sweep: 100%|##| 2/2\n")]
+
+
+def test_the_build_removes_papermills_injected_parameters_from_the_page(tmp_path: Path):
+    import nbformat
+
+    from locolib.book import hide_injected_parameters
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("profile = 'default'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("profile = 'smoke'", metadata={"tags": ["injected-parameters"]})]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    hide_injected_parameters(tmp_path / "n.ipynb")
+    tags = [c.metadata.get("tags") for c in nbformat.read(tmp_path / "n.ipynb", as_version=4).cells]
+    assert tags == [["parameters"], ["injected-parameters", "remove-cell"]]
+
+
+def test_book_style_draws_figures_at_the_column_width_with_legible_fonts():
+    import matplotlib.pyplot as plt
+
+    from locolib.notebook import book_style
+
+    with plt.rc_context():
+        book_style()
+        assert plt.rcParams["figure.figsize"][0] * plt.rcParams["figure.dpi"] <= 750
+        assert min(plt.rcParams[k] for k in ("font.size", "xtick.labelsize", "ytick.labelsize",
+                                             "legend.fontsize")) >= 9

@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from locolib.stats import minimum_detectable_effect, paired, paired_table, welch
+from locolib.stats import (
+    benjamini_hochberg,
+    holm,
+    minimum_detectable_effect,
+    paired,
+    paired_table,
+    reader_table,
+    verdict,
+    welch,
+)
 
 
 def test_paired_difference_interval_and_tests_match_scipy():
@@ -71,23 +80,37 @@ def test_paired_table_pairs_by_seed_and_names_a_missing_reference():
     assert list(t.arm) == ["loco"] and t.n[0] == 8
     assert math.isclose(t.difference[0], -100 * 0.002 * 1.5)  # percent, paired by seed
     assert t.verdict[0] == "lower error"
+    assert t.p_holm[0] == t.p_bh[0] == t.p_paired[0], "a family of one needs no adjustment"
+    slim = reader_table(t)
+    assert list(slim.columns) == ["n", "difference, pp [95% CI]", "relative", "p (Holm)", "verdict"]
+    assert slim.index.tolist() == ["loco"] and slim.iloc[0]["difference, pp [95% CI]"].startswith("-0.30 [")
     bad = pd.DataFrame(rows[8:])
     with pytest.raises(ValueError, match="reference arm 'l2' has no runs"):
         paired_table(bad)
 
 
-def test_holm_matches_hand_computed_adjustments():
-    from locolib.stats import holm
-
-    # sorted 0.01, 0.02, 0.03, 0.04 -> 4 * 0.01, 3 * 0.02, max(2 * 0.03, 0.06), max(0.04, 0.06)
-    assert holm([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
-    # capped at 1, and monotone: 3 * 0.3 = 0.9 > 2 * 0.4 = 0.8 -> 0.9
+def test_holm_and_benjamini_hochberg_match_hand_computed_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert np.allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    # BH: sorted p * 4 / rank = 0.02, 0.02, 0.04, 0.04 -> running min from the largest
+    assert np.allclose(benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02])
+    assert np.allclose(holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    # A missing p (an arm without a test) is not part of the family.
+    assert np.allclose(holm([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04], equal_nan=True)
+    assert np.allclose(benjamini_hochberg([0.01, np.nan, 0.04]), [0.02, np.nan, 0.04], equal_nan=True)
+    # monotone: 3 * 0.3 = 0.9 > 2 * 0.4 = 0.8 -> 0.9
     assert holm([0.3, 0.4, 0.5]) == pytest.approx([0.9, 0.9, 0.9])
-    assert holm([0.6, 0.001]) == pytest.approx([0.6, 0.002])
-    assert holm([0.7, 0.9]) == pytest.approx([1.0, 1.0])
     assert len(holm([])) == 0
     with pytest.raises(ValueError, match="probabilities"):
         holm([0.1, 1.5])
+
+
+def test_the_verdict_reads_the_adjusted_p():
+    row = pd.DataFrame([{"n": 8, "p_paired": 0.01, "p_holm": 0.2, "difference": -1.0, "equivalence_rel": 0.1}])
+    r = next(row.itertuples())
+    assert verdict(r) == "no difference detected; |effect| < 10.0% relative"
+    assert verdict(r._replace(p_holm=0.01)) == "lower error"
 
 
 def test_lam_is_chosen_on_validation_never_on_test():
