@@ -36,8 +36,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ import pandas as pd
 import torch
 from scipy import stats as st
 
+from locolib import cluster
 from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import dataset_spec
 from locolib.experiments import finished_records, history_frame, table6_loco_params
@@ -408,16 +410,23 @@ def study(profile: str) -> Study:
     return STUDIES[profile]
 
 
-def run_study(profile: str, results_dir: str | Path | None = None, **sweep: Any) -> list[Arm]:
+def run_study(profile: str, results_dir: str | Path | None = None,
+              train_runs: Callable[[list[RunConfig]], list[dict]] | None = None,
+              **sweep: Any) -> list[Arm]:
     """Train every run of ``profile``'s study that has no record yet (Table 6's parameter runs
     first: its LOCO-REG arms depend on them) and return all arms, Table 6's included.
-    ``sweep``: keyword arguments of :func:`locolib.sweep.run_sweep` (device, progress, ...)."""
+    ``train_runs``: trains a list of runs and returns their records (default: this process,
+    :func:`locolib.sweep.run_sweep`, waiting for runs other processes hold; ``--dask``:
+    :func:`locolib.cluster.run_on_dask`). ``sweep``: keyword arguments of ``run_sweep``."""
+    if train_runs is None:
+        def train_runs(configs: list[RunConfig]) -> list[dict]:
+            return run_sweep(configs, results_dir, wait=True, **sweep)
     s = study(profile)
     arms = list(s.arms)
     if s.parameter_arms:
-        params = run_sweep(s.configs(s.parameter_arms), results_dir, wait=True, **sweep)
+        params = train_runs(s.configs(s.parameter_arms))
         arms += s.layerwise_arms(params)
-    run_sweep(s.configs(arms), results_dir, wait=True, **sweep)
+    train_runs(s.configs(arms))
     return arms
 
 
@@ -486,22 +495,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--dry-run", action="store_true",
                    help="list the study's runs, cost and power, and their status; train nothing")
+    cluster.add_options(p)
     a = p.parse_args(argv)
-    if a.device is not None:
-        try:
-            check_device(a.device)
-        except ValueError as err:
-            p.error(str(err))
+    options = None
+    try:
+        if a.dask is not None:
+            options = cluster.options_from_args(a)
+        if a.device is not None:  # a cluster's workers may have devices this machine has not
+            check_device(a.device, here=options is None or options.address == "local")
+    except ValueError as err:
+        p.error(str(err))
     profiles = GROUPS.get(a.profile, (a.profile,))
     if a.dry_run:
         for profile in profiles:
             _dry_run(profile, a.results)
+        if options is not None:
+            print(cluster.describe(options, a.device))
         return 0
 
     torch.set_num_threads(a.threads)
+    log = None if a.quiet else print
+    train_runs = None if options is None else partial(
+        cluster.run_on_dask, options=options, results_dir=a.results, device=a.device,
+        threads=a.threads, log=log)
     for profile in profiles:
-        arms = run_study(profile, a.results, device=a.device, progress=not a.quiet,
-                         log=None if a.quiet else print)
+        arms = run_study(profile, a.results, train_runs, device=a.device, progress=not a.quiet,
+                         log=log)
         print(f"{profile}: {sum(len(x.seeds) for x in arms)} runs in {len(arms)} arms have records")
     return 0
 

@@ -243,3 +243,26 @@ def test_a_study_refuses_a_device_this_machine_lacks(capsys):
     with pytest.raises(SystemExit) as exit_:
         plans.main(["smoke", "--device", "cuda:99", "--dry-run"])
     assert exit_.value.code == 2 and "cuda:99" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_study_runs_on_a_dask_cluster(tmp_path, monkeypatch, capsys):
+    """``--dask`` hands the study's runs to locolib.cluster.run_on_dask, with the study's
+    results folder and device; the records are those of the study."""
+    from locolib import cluster
+    from locolib.sweep import run_sweep
+
+    calls = []
+
+    def run_on_dask(configs, options, results_dir=None, device=None, threads=None, log=None):
+        calls.append((options.address, [c.key for c in configs], device))
+        return run_sweep(configs, results_dir, progress=False, log=None)
+
+    monkeypatch.setattr(cluster, "run_on_dask", run_on_dask)
+    assert plans.main(["padding_smoke", "--dask", "local", "--dask-workers", "2", "--dry-run"]) == 0
+    assert "127.0.0.1" in capsys.readouterr().out and not calls
+    assert plans.main(["padding_smoke", "--dask", "local", "--device", "cpu", "--quiet",
+                       "--results", str(tmp_path)]) == 0
+    s = plans.study("padding_smoke")
+    assert calls == [("local", [c.key for c in s.configs()], "cpu")]
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(c.key for c in s.configs())
