@@ -501,8 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.dask is not None:
             options = cluster.options_from_args(a)
-        if a.device is not None:  # a cluster's workers may have devices this machine has not
-            check_device(a.device, here=options is None or options.address == "local")
+        if a.device is not None:  # a dry run or a cluster's workers: another machine's devices
+            check_device(a.device, here=not a.dry_run and (options is None or options.address == "local"))
     except ValueError as err:
         p.error(str(err))
     profiles = GROUPS.get(a.profile, (a.profile,))

@@ -241,7 +241,7 @@ def test_paper_pairs_are_sized_from_the_papers_stars():
 
 def test_a_study_refuses_a_device_this_machine_lacks(capsys):
     with pytest.raises(SystemExit) as exit_:
-        plans.main(["smoke", "--device", "cuda:99", "--dry-run"])
+        plans.main(["smoke", "--device", "cuda:99", "--results", "/nonexistent"])
     assert exit_.value.code == 2 and "cuda:99" in capsys.readouterr().err
 
 
