@@ -49,11 +49,12 @@ from locolib.results import (
     default_results_dir,
     finished_record,
     load_results,
+    result_path,
     results_frame,
     significance_stars,
 )
 from locolib.stats import compare
-from locolib.train import RunDiverged, RunLocked, check_device, check_per_layer, result_path, run_status, train
+from locolib.train import RunDiverged, RunLocked, check_device, check_per_layer, run_status, train
 
 __all__ = [
     "plan",

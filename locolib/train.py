@@ -56,6 +56,7 @@ from locolib.results import (
     default_results_dir,
     finished_record,
     provenance,
+    result_path,
     set_aside,
 )
 
@@ -80,7 +81,6 @@ __all__ = [
     "synchronize",
     "derive_seed",
     "train",
-    "result_path",
     "checkpoint_path",
     "run_status",
     "default_results_dir",
@@ -303,10 +303,6 @@ def _seeded_global_rng(device: torch.device, seed: int):
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def result_path(config: RunConfig, results_dir: str | Path | None = None) -> Path:
-    return Path(results_dir or default_results_dir()) / f"{config.key}.json"
-
-
 def checkpoint_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
     return Path(checkpoint_dir) / f"{config.key}.pt"
 

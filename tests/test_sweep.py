@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 import locolib.train as T
-from locolib.results import RunFileWarning, RunLock
+from locolib.results import RunFileWarning, RunLock, result_path
 from locolib.sweep import (
     compare,
     load_results,
@@ -28,7 +28,7 @@ from locolib.sweep import (
     shard,
     significance_stars,
 )
-from locolib.train import RunConfig, result_path
+from locolib.train import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=0.125, train_subset=64, batch_size=32, epochs=1)
