@@ -139,7 +139,7 @@ def ring_means(layer: Any, absolute: bool = True) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 def load_run_model(config: Any, weights: str | Path | Mapping[str, torch.Tensor],
                    device: str | torch.device = "cpu") -> nn.Module:
-    """The network of run ``config`` (a :class:`locolib.train.RunConfig`) with its saved weights.
+    """The network of run ``config`` (a :class:`locolib.config.RunConfig`) with its saved weights.
 
     ``weights``: a state dict or the file ``train(..., model_dir=...)`` wrote. The number of
     input channels and classes are read off the weights (first 4-D and last 2-D tensor).

@@ -72,12 +72,6 @@ __all__ = [
     "RegularizerSpec",
     "REGULARIZER_REGISTRY",
     "build_regularizer",
-    # the kernel vocabulary, defined in locolib.kernels and used here
-    "ring_distances",
-    "ring_index",
-    "index_set",
-    "spatial_convs",
-    "spatial_kernels",
 ]
 
 Number = float | int

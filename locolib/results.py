@@ -41,7 +41,6 @@ import torchvision
 import locolib
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
 from locolib.io import loads
-from locolib.kernels import stars as significance_stars  # the paper's notation, defined once
 
 __all__ = [
     "RESULTS_ENV",
@@ -61,7 +60,6 @@ __all__ = [
     "load_results",
     "results_frame",
     "history_frame",
-    "significance_stars",
 ]
 
 RESULTS_ENV = "LOCOLIB_RESULTS"

@@ -1,11 +1,12 @@
 """Sweeps: many independent runs keyed by (dataset, network, regularizer, seed), and their CLI.
 
 Table 5 of the paper is 3 datasets x 3 networks x {standard L2, LOCO-REG} x 20 seeds = 360 runs
-of 250 epochs. A sweep is just the list of their :class:`~locolib.train.RunConfig`;
+of 250 epochs. A sweep is just the list of their :class:`~locolib.config.RunConfig`;
 :func:`run_sweep` trains the ones without a result file. Several processes (or machines sharing
 the results folder) can work on the same sweep at once: each run is claimed with a lock file
 (:class:`locolib.results.RunLock`), so every run is trained once; :func:`shard` splits a plan into
-disjoint parts up front instead. Then :func:`load_results` and :func:`compare` make Table 5.
+disjoint parts up front instead. Then :func:`locolib.results.load_results` and
+:func:`locolib.stats.compare` make Table 5.
 
 Command line (``locolib-sweep`` or ``python -m locolib.sweep``)::
 
@@ -46,15 +47,12 @@ from locolib.progress import progress_bar, tqdm
 from locolib.reg import REGULARIZER_REGISTRY
 from locolib.results import (
     MIN_STALE_AFTER,
+    RunLocked,
     default_results_dir,
     finished_record,
-    load_results,
     result_path,
-    results_frame,
-    significance_stars,
 )
-from locolib.stats import compare
-from locolib.train import RunDiverged, RunLocked, check_device, check_per_layer, run_status, train
+from locolib.train import RunDiverged, check_device, check_per_layer, run_status, train
 
 __all__ = [
     "plan",
@@ -65,10 +63,6 @@ __all__ = [
     "sweep_status",
     "print_status",
     "MAX_RUNS",
-    "load_results",
-    "results_frame",
-    "compare",
-    "significance_stars",
     "main",
 ]
 

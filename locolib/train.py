@@ -42,17 +42,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from locolib.config import PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION, RunConfig
+from locolib.config import PAPER_MILESTONES, TRAINING_VERSION, RunConfig
 from locolib.data import DATASETS, augment_batch, load_dataset, validation_split
 from locolib.io import atomic_write_bytes, write_json
+from locolib.kernels import ring_distances, ring_index, spatial_convs
 from locolib.models import build_model
 from locolib.progress import progress_bar
-from locolib.reg import Regularizer, build_regularizer, ring_distances, ring_index, spatial_convs
+from locolib.reg import Regularizer, build_regularizer
 from locolib.results import (
     RECORD_FORMAT,
     RunFileWarning,
     RunLock,
-    RunLocked,
     default_results_dir,
     finished_record,
     provenance,
@@ -61,10 +61,6 @@ from locolib.results import (
 )
 
 __all__ = [
-    "RunConfig",
-    "PAPER_MILESTONES",
-    "PAPER_EPOCHS",
-    "REGULARIZERS",
     "milestone_epochs",
     "lr_at",
     "regularization_dose",
@@ -83,8 +79,6 @@ __all__ = [
     "train",
     "checkpoint_path",
     "run_status",
-    "default_results_dir",
-    "RunLocked",
     "RunDiverged",
     "weight_stats",
 ]
@@ -392,7 +386,7 @@ def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
     One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
     ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
     ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for
-    consecutive rings r, r+1 around the centre (:func:`locolib.reg.ring_distances`: for 3x3
+    consecutive rings r, r+1 around the centre (:func:`locolib.kernels.ring_distances`: for 3x3
     centre, edge neighbours, corners) the
     sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
     ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6

@@ -53,7 +53,6 @@ __all__ = [
     "licences",
     "networks_frame",
     "licence_problems",
-    "sha256",
     "toy_network",
     "load",
     "layer_summary",

@@ -10,7 +10,8 @@ from torch import nn
 
 from locolib import inspection as ins
 from locolib import locality as lo
-from locolib.train import RunConfig, train, weight_stats
+from locolib.config import RunConfig
+from locolib.train import train, weight_stats
 
 torch.set_num_threads(1)
 

@@ -15,20 +15,18 @@ import torch
 from scipy import stats
 
 import locolib.train as T
-from locolib.results import RunFileWarning, RunLock, result_path
+from locolib.config import RunConfig
+from locolib.kernels import stars as significance_stars
+from locolib.results import RunFileWarning, RunLock, load_results, result_path, results_frame
+from locolib.stats import compare
 from locolib.sweep import (
-    compare,
-    load_results,
     main,
     parse_seeds,
     parse_shard,
     plan,
-    results_frame,
     run_sweep,
     shard,
-    significance_stars,
 )
-from locolib.train import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=0.125, train_subset=64, batch_size=32, epochs=1)

@@ -13,6 +13,7 @@ import pytest
 
 from locolib import kernels as K
 from locolib import zoo
+from locolib.io import sha256
 
 onnx = pytest.importorskip("onnx")
 
@@ -76,7 +77,7 @@ def test_fetch_downloads_once_then_works_offline(tmp_path, monkeypatch):
         zoo.fetch(cache=cache, download=False)
     paths = zoo.fetch(cache=cache)
     assert calls == ["toypkg==1.0"] and paths == {"toy": cache / "toypkg-1.0" / "toy.onnx"}
-    assert zoo.sha256(paths["toy"]) == net.sha256
+    assert sha256(paths["toy"]) == net.sha256
     assert not list(cache.rglob("*.whl")), "the wheel is not kept"
     assert zoo.licences(["toy"], cache)["toy"]["license"] == "MIT"
     assert zoo.licences(["toy"], cache)["toy"]["files"] == {"LICENSE": "GNU AFFERO GENERAL PUBLIC LICENSE"}
@@ -105,13 +106,13 @@ def test_fetch_names_a_cached_file_that_was_altered(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     path = zoo.fetch(cache=cache)["toy"]
     path.write_bytes(path.read_bytes() + b"\0")
-    altered = zoo.sha256(path)
+    altered = sha256(path)
     with pytest.raises(ValueError, match=f"{re.escape(str(path))} has SHA-256 {altered}, not the "
                                          f"pinned {net.sha256}"):
         zoo.fetch(cache=cache, download=False)
     with pytest.warns(UserWarning, match=f"SHA-256 {altered}, not the pinned {net.sha256}"):
         assert zoo.fetch(cache=cache) == {"toy": path}
-    assert zoo.sha256(path) == net.sha256 and calls == ["toypkg==1.0"] * 2
+    assert sha256(path) == net.sha256 and calls == ["toypkg==1.0"] * 2
 
 
 def test_fetch_without_pypi_fails_clearly(tmp_path, monkeypatch):
