@@ -400,14 +400,13 @@ def _kernel5_study(profile: str, dataset: str, seeds: int, **protocol: Any) -> S
     return Study(profile, dataset, {"kernel_size": 5, **protocol}, (arm,), cs=())
 
 
-#: Chapter 07's 5 x 5 VGG13 by the chapter's profile (its weights are kept: the chapter compares
+#: Chapter 07's 5 x 5 VGG13 by the chapter's profile, trained by the chapter (its weights are kept: the chapter compares
 #: Table 4 from the kernels with Table 4 from the records).
 KERNEL5_STUDIES: dict[str, Study] = {
     "smoke": _kernel5_study("kernel5_smoke", "digits", 2, epochs=1, width=0.0625, train_subset=256),
     "default": _kernel5_study("kernel5", "digits", 6, epochs=15, width=0.125),
     "gpu": _kernel5_study("kernel5_gpu", "cifar100", 5, epochs=30, width=1.0),
 }
-STUDIES.update({s.profile: s for s in KERNEL5_STUDIES.values()})
 
 #: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
 #: weights kept for feature maps and filters.
