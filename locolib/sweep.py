@@ -302,13 +302,6 @@ def _arg(fn, what: str):
     return parse
 
 
-def _per_layer(text: str) -> float | tuple[float, ...]:
-    vals = [float(v) for v in text.split(",") if v.strip()]
-    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
-        raise ValueError(f"{text!r}: expected a positive number or a comma-separated list of them")
-    return vals[0] if len(vals) == 1 else tuple(vals)
-
-
 def _stale_after(text: str) -> float:
     v = float(text)
     if not MIN_STALE_AFTER <= v < math.inf:
@@ -337,17 +330,18 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _option_type(name: str):
-    """The argparse type of RunConfig field ``name``: a number is parsed and checked by
-    :func:`locolib.config.check_value`, as RunConfig checks it."""
-    default = field_default(name)
-    if name in ("gamma", "eta"):
-        return _arg(_per_layer, name)
+    """The argparse type of RunConfig field ``name``: its ``parse`` metadata or the type of its
+    default; a number with ``bounds`` is checked by :func:`locolib.config.check_value`, as
+    RunConfig checks it."""
+    default, info = field_default(name), field_info(name)
     if isinstance(default, bool):
         return _arg(_bool, name)
-    if name == "train_subset" or isinstance(default, (int, float)):
-        kind = float if isinstance(default, float) else int
-        return _arg(lambda text: check_value(name, kind(text)), name)
-    return str
+    parse = info["parse"] or (type(default) if isinstance(default, (int, float)) else None)
+    if parse is None:
+        return str
+    if info["bounds"] is None:
+        return _arg(parse, name)
+    return _arg(lambda text: check_value(name, parse(text)), name)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
