@@ -395,7 +395,7 @@ def region_mean(kernels: torch.Tensor, spec: IndexSpec, absolute: bool = True) -
 
 def _record_sum(entry: Mapping[str, Any], spec: IndexSpec, absolute: bool) -> float:
     """sum over a layer's matrices w of m(w, I), from the tap sums its record stores
-    (:func:`locolib.train.weight_stats`): the sums over I divided by |I|."""
+    (:func:`locolib.kernels.weight_stats`): the sums over I divided by |I|."""
     taps = entry["tap_abs_sum" if absolute else "tap_sum"]
     idx = index_set(spec, int(entry["k"]))
     return float(sum(taps[i][j] for i, j in idx) / len(idx))
@@ -453,6 +453,9 @@ def layer_ratios(source, I: IndexSpec, I2: IndexSpec, absolute: bool = True) -> 
     (..., k, k) as returned by :func:`spatial_kernels` (one model alone is also accepted), or the
     models' result records, whose ``weight_stats`` keep the per-layer tap sums (so the trained
     weights themselves need not be kept; tests/test_reg.py checks both give the same numbers).
+
+    On magnitudes, r(I_n, I_c) of one network is the reciprocal of the ``c/n`` ring ratio of
+    :func:`locolib.locality.magnitude_ratios` (chapters 04 and 07 read that one).
 
     With the printed (signed) m, the sums over a layer's matrices nearly cancel (weights of
     either sign are equally common), so the ratio is ill-conditioned and can be negative; the
@@ -638,7 +641,7 @@ def build_regularizer(model: nn.Module, config: Any) -> Regularizer:
 def realized_factor(config: Any, weight_stats: Sequence[Mapping[str, Any]],
                     weighting: str = "sq") -> float:
     """The mean mask factor that ``config``'s regularizer realized on a network's spatial kernels
-    (``weight_stats``: a record's, :func:`locolib.train.weight_stats`; ``config``: its
+    (``weight_stats``: a record's, :func:`locolib.kernels.weight_stats`; ``config``: its
     :class:`locolib.config.RunConfig`).
 
     ``sum(mask * S) / sum(S)`` over every layer and tap, with ``S`` the per-tap sums of ``w**2``

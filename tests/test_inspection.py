@@ -11,7 +11,8 @@ from torch import nn
 from locolib import inspection as ins
 from locolib import locality as lo
 from locolib.config import RunConfig
-from locolib.train import train, weight_stats
+from locolib.kernels import weight_stats
+from locolib.train import train
 
 torch.set_num_threads(1)
 

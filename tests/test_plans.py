@@ -220,8 +220,8 @@ def _fake_stats(cfg):
     import torch
 
     from locolib.data import dataset_spec
+    from locolib.kernels import weight_stats
     from locolib.models import build_model
-    from locolib.train import weight_stats
 
     spec = dataset_spec(cfg.dataset)
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from locolib.kernels import weight_stats
 from locolib.models import build_model
 from locolib.reg import (
     l2_equivalence,
@@ -17,7 +18,6 @@ from locolib.reg import (
 )
 from locolib.results import finished_records, history_frame
 from locolib.sweep import plan
-from locolib.train import weight_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "scratch_results")
 
@@ -73,6 +73,15 @@ def test_table6_directions_on_a_centre_heavy_profile():
     # hand-made: r(I_n, I_co) = 0.8 / 0.6 in expectation for |w|, so a = 1 + 1.5 (r - 1) = 1.5
     r = layer_ratios(records, "n", "co", True)
     assert np.allclose(r, 0.8 / 0.6, rtol=0.15)
+
+
+def test_table6_ratio_is_the_reciprocal_of_the_ring_ratio_of_chapters_04_and_07():
+    from locolib.locality import magnitude_ratios
+
+    (model,) = _models(1)
+    rings = magnitude_ratios(weight_stats(model))
+    assert np.allclose(layer_ratios([model], "n", "c", True), 1 / rings["c/n"], rtol=1e-12)
+    assert np.allclose(layer_ratios([model], "co", "n", True), 1 / rings["n/co"], rtol=1e-12)
 
 
 def test_table6_frame_and_loco_params():
