@@ -48,9 +48,8 @@ from scipy import stats
 import locolib.train as T
 from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import DATASETS, DatasetSpec, ImageData, load_dataset
-from locolib.experiments import finished_records
 from locolib.plans import study
-from locolib.results import default_results_dir, git_commit
+from locolib.results import default_results_dir, finished_records, git_commit
 
 SYNTHETIC = "synthetic_cifar"
 NETWORKS = ("resnet18", "vgg13", "mobilenet")

@@ -14,7 +14,8 @@ Decision: both arms of a comparison share seeds (initialisation, batch order, au
 so the test of a difference is a paired t test over ``n`` seeds. With ``sd_diff`` the standard
 deviation of the per-seed differences, the smallest true difference it detects with power
 ``1 - beta`` at two-sided level ``alpha`` is
-``(t_{1 - alpha/2, n-1} + t_{1 - beta, n-1}) * sd_diff / sqrt(n)`` (:func:`detectable_effect`).
+``(t_{1 - alpha/2, n-1} + t_{1 - beta, n-1}) * sd_diff / sqrt(n)``
+(:func:`locolib.stats.minimum_detectable_effect`).
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from functools import cache
 from typing import Any
 
 import torch
-from scipy import stats
 from torch.utils.flop_counter import FlopCounterMode
 
 from locolib.config import RunConfig
 from locolib.data import dataset_spec
 from locolib.models import build_model
 from locolib.plans import FIXED_LOCO, Arm, Study, study
+from locolib.stats import minimum_detectable_effect
 
 __all__ = ["Device", "devices", "PROFILE_DEVICE", "H100_RESNET18_IMAGES_PER_S", "flops_per_image",
-           "run_seconds", "study_runs", "study_seconds", "detectable_effect", "paired_sd",
+           "run_seconds", "study_runs", "study_seconds", "paired_sd",
            "profile_summary", "comparisons"]
 
 
@@ -144,15 +145,6 @@ def study_seconds(s: Study, device: Device) -> float:
     return sum(run_seconds(c, device) for c in study_runs(s))
 
 
-def detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest true mean difference a paired t test over ``n`` pairs detects with
-    ``power`` at two-sided level ``alpha``, for differences of spread ``sd_diff``."""
-    if n < 2:
-        return math.inf
-    df = n - 1
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_diff / math.sqrt(n))
-
-
 def paired_sd(s: Study, arm: str, records: Iterable[Mapping[str, Any]]) -> tuple[float, int]:
     """Standard deviation (pp) of the per-seed test-error differences between ``arm`` and its
     reference arm in ``records``, and the number of pairs found."""
@@ -191,6 +183,6 @@ def profile_summary(profile: str) -> dict[str, Any]:
         "device": devices()[device].name, "hours": hours[device], "hours_per_device": hours,
         "device_sources": {name: d.source for name, d in devices().items()},
         "sd_diff_pp": dict(s.paired_sd), "sd_source": s.sd_source, "design": s.design,
-        "detectable_effect_pp": {name: detectable_effect(s.paired_sd[net], n)
+        "detectable_effect_pp": {name: minimum_detectable_effect(s.paired_sd[net], n)
                                  for name, (net, n) in comparisons(s).items()},
     }

@@ -326,7 +326,7 @@ FIGURE3_INPUT = (
 )
 
 
-def window_scores(grid: Any, k: int = 3, q: Any = 2) -> pd.DataFrame:
+def window_table(grid: Any, k: int = 3, q: Any = 2) -> pd.DataFrame:
     """Every k x k window of ``grid``: its centre (row, col), centre value, sum and F_tot (exact)."""
     g = sympy.Matrix(grid)
     rows = []

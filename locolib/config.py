@@ -12,7 +12,9 @@ Every field carries metadata, and everything else that lists fields is derived f
 * ``protocol``: must agree between the arms of one comparison (:mod:`locolib.stats`);
 * ``bounds``: for a number, the interval it must lie in, e.g. ``"[0, 1)"`` (an open end at
   ``inf`` refuses infinity; NaN lies in no interval). :func:`check_value` is the one check, of
-  :class:`RunConfig` and of the sweep's options.
+  :class:`RunConfig` and of the sweep's options;
+* ``parse``: how the sweep's command line reads the field's text where its default does not say
+  (default: the type of the default), e.g. one number or a comma-separated list for ``gamma``.
 
 Adding a field is one line here; give it a default that reproduces the old behaviour.
 """
@@ -25,6 +27,7 @@ import hashlib
 import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +73,20 @@ KEY_FIELDS = ("dataset", "network", "regularizer", "seed")
 PerLayer = float | tuple[float, ...]
 
 
+def _parse_per_layer(text: str) -> PerLayer:
+    """One positive number, or a comma-separated list of them (one per spatial layer)."""
+    vals = [float(v) for v in text.split(",") if v.strip()]
+    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
+        raise ValueError(f"{text!r}: expected a positive number or a comma-separated list of them")
+    return vals[0] if len(vals) == 1 else tuple(vals)
+
+
 def config_field(default: Any = dataclasses.MISSING, help: str = "", *, hashed: bool = True,
        column: bool = False, protocol: bool = False, cli: bool = True,
-       choices: tuple | None = None, bounds: str | None = None) -> Any:
+       choices: tuple | None = None, bounds: str | None = None,
+       parse: Callable[[str], Any] | None = None) -> Any:
     meta = {"help": help, "hashed": hashed, "column": column, "protocol": protocol, "cli": cli,
-            "choices": choices, "bounds": bounds}
+            "choices": choices, "bounds": bounds, "parse": parse}
     if isinstance(default, tuple) and default:
         return field(default_factory=lambda d=default: d, metadata=meta)
     return field(default=default, metadata=meta)
@@ -96,9 +108,9 @@ class RunConfig:
     seed: int = config_field(help="seed of initialisation, batch order and augmentation", column=True,
                    cli=False, bounds="[0, inf)")
     gamma: PerLayer = config_field(1.0, "LOCO-REG centre weight: one number or one per spatial conv layer",
-                         column=True)
+                         column=True, parse=_parse_per_layer)
     eta: PerLayer = config_field(1.0, "LOCO-REG corner weight: one number or one per spatial conv layer",
-                       column=True)
+                       column=True, parse=_parse_per_layer)
     lam: float = config_field(5e-4, "L2 strength (TensorFlow's: gradient 2 * lam * w)", column=True,
                     protocol=True, bounds="[0, 100]")
     epochs: int = config_field(PAPER_EPOCHS, "training epochs", column=True, protocol=True,
@@ -124,7 +136,7 @@ class RunConfig:
     padding_mode: str = config_field("zeros", "how convolutions pad their input maps (zeros: the paper's)",
                                      column=True, choices=PADDING_MODES)
     train_subset: int | None = config_field(None, "train on a fixed random subset of this many images",
-                                  column=True, protocol=True, bounds="[1, inf)")
+                                  column=True, protocol=True, bounds="[1, inf)", parse=int)
     data_seed: int = config_field(0, "seed of the train/test split (where the dataset has one) and subset",
                         protocol=True, bounds="[0, inf)")
     validation: int = config_field(
@@ -253,5 +265,6 @@ def _field(name: str) -> dataclasses.Field:
 
 
 def field_info(name: str) -> dict[str, Any]:
-    """The metadata of field ``name`` (help, hashed, column, protocol, cli, choices, bounds)."""
+    """The metadata of field ``name`` (help, hashed, column, protocol, cli, choices, bounds,
+    parse)."""
     return dict(_field(name).metadata)

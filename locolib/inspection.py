@@ -31,10 +31,11 @@ from torch import nn
 from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
 from locolib.locality import as_matrices, locality_test, magnitude_ratios, table4_row
 from locolib.models import build_model
-from locolib.results import default_results_dir
-from locolib.train import derive_seed, result_path, train
+from locolib.results import default_results_dir, result_path
+from locolib.train import derive_seed, train
 
 __all__ = [
+    "conv_input_sizes",
     "relu_names",
     "feature_maps",
     "neighbour_correlation",
@@ -138,7 +139,7 @@ def ring_means(layer: Any, absolute: bool = True) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 def load_run_model(config: Any, weights: str | Path | Mapping[str, torch.Tensor],
                    device: str | torch.device = "cpu") -> nn.Module:
-    """The network of run ``config`` (a :class:`locolib.train.RunConfig`) with its saved weights.
+    """The network of run ``config`` (a :class:`locolib.config.RunConfig`) with its saved weights.
 
     ``weights``: a state dict or the file ``train(..., model_dir=...)`` wrote. The number of
     input channels and classes are read off the weights (first 4-D and last 2-D tensor).
@@ -242,6 +243,16 @@ def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, in
 # Chapter 07: locality per layer, and Table 4 of runs from kernels and from records
 # --------------------------------------------------------------------------------------------
 @cache
+def conv_input_sizes(network: str, input_size: int = 32, width: float = 0.125,
+                     in_channels: int = 1) -> list[int]:
+    """Height of the feature map entering each spatial convolution of ``network`` (module order,
+    as the layers of Table 6) for ``input_size`` x ``input_size`` inputs."""
+    model = build_model(network, 10, in_channels=in_channels, width=width)
+    with torch.no_grad():
+        sizes = spatial_input_sizes(model, torch.zeros(1, in_channels, input_size, input_size))
+    return [height for height, _ in sizes]
+
+
 def _geometry(network: str, width: float, kernel_size: int, channels: int,
               input_size: int) -> tuple[tuple[int, int, bool], ...]:
     """(input map width, stride, depth-wise) of every spatial convolution of a run's network."""

@@ -1,5 +1,6 @@
 """The kernel vocabulary of the book: sizes, rings and distances, index sets, significance stars,
-and the spatial kernels of any network (torch modules and ONNX graphs).
+the spatial kernels of any network (torch modules and ONNX graphs), and the per-layer weight
+statistics a training record keeps of them (:func:`weight_stats`).
 
 Every module that speaks about taps of a k x k kernel uses this one: :mod:`locolib.reg`
 (LOCO-REG's masks, Table 6), :mod:`locolib.locality` (Eq. 7.1, Table 4), :mod:`locolib.cohesion`
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "weight_stats",
     "Position",
     "IndexSpec",
     "check_k",
@@ -344,3 +346,40 @@ def select(layers: Iterable[ConvKernel], k: int | None = None,
     kinds = None if kind is None else {kind} if isinstance(kind, str) else set(kind)
     return [layer for layer in layers if layer.square and (k is None or layer.k == k)
             and (kinds is None or layer.kind in kinds)]
+
+
+def weight_stats(model: nn.Module) -> list[dict[str, Any]]:
+    """Compact per-layer statistics of the spatial kernels, enough for Tables 4 and 6 later
+    without storing the weights.
+
+    One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
+    ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
+    ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for
+    consecutive rings r, r+1 around the centre (:func:`ring_distances`: for 3x3
+    centre, edge neighbours, corners) the
+    sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
+    ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
+    is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
+    s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums.
+    """
+    out = []
+    names = {id(m): n for n, m in model.named_modules()}
+    for conv in spatial_convs(model):
+        w = conv.weight.detach().double().cpu()
+        k = w.shape[-1]
+        flat = w.reshape(-1, k * k)
+        rings = ring_index(k).reshape(-1)
+        n_rings = len(ring_distances(k))
+        entry: dict[str, Any] = {"name": names.get(id(conv), ""), "shape": list(w.shape),
+                                 "count": int(flat.shape[0]), "k": k,
+                                 "ring_distances": ring_distances(k)}
+        # w**2 per tap: the realized penalty of any mask (locolib.reg.realized_factor)
+        entry["tap_sq_sum"] = flat.square().sum(0).reshape(k, k).tolist()
+        for tag, v in (("", flat), ("abs_", flat.abs())):
+            entry[f"tap_{tag}sum"] = v.sum(0).reshape(k, k).tolist()
+            ring_means = torch.stack([v[:, rings == r].mean(1) for r in range(n_rings)], 1)
+            diff = ring_means[:, :-1] - ring_means[:, 1:]  # s(w, ring r, ring r+1)
+            entry[f"ring_{tag}diff_sum"] = diff.sum(0).tolist()
+            entry[f"ring_{tag}diff_sq_sum"] = diff.square().sum(0).tolist()
+        out.append(entry)
+    return out

@@ -26,7 +26,7 @@ One path from kernels and from records. Everything Table 4 needs of a layer is i
 matrices and the sums of s and s^2 over them (:func:`layer_sums`): they give sigma(W_l), hence the
 sum and sum of squares of the standardised differences, and with them m and the t-test. A layer
 is either its kernels (an array, tensor or :class:`locolib.kernels.ConvKernel`) or the entry of a
-training record that :func:`locolib.train.weight_stats` wrote, which stores exactly these sums
+training record that :func:`locolib.kernels.weight_stats` wrote, which stores exactly these sums
 for consecutive rings; :func:`locality_test` and :func:`table4_row` take either, so a model and
 its record go through the same statistics and give the same numbers (tests/test_locality.py).
 

@@ -49,14 +49,14 @@ from scipy import stats as st
 from locolib import cluster
 from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import dataset_spec
-from locolib.experiments import finished_records, history_frame, table6_loco_params
-from locolib.reg import realized_factor
+from locolib.reg import realized_factor, table6_loco_params
+from locolib.results import finished_records, history_frame
 from locolib.stats import minimum_detectable_effect
 from locolib.sweep import print_status, run_sweep
 from locolib.train import check_device, dose_matched_lam, paper_dose, regularization_dose
 
-__all__ = ["Arm", "Study", "STUDIES", "GROUPS", "PAPER_TABLE5", "paper_difference", "paper_paired_sd",
-           "pairs_to_detect", "FEATURE_MAP_RUNS", "feature_map_configs", "study", "run_study",
+__all__ = ["Arm", "Study", "STUDIES", "GROUPS", "PAPER_TABLE5", "paper_table5", "paper_difference", "paper_paired_sd",
+           "pairs_to_detect", "FEATURE_MAP_RUNS", "feature_map_configs", "KERNEL5_STUDIES", "study", "run_study",
            "arm_frame", "arm_history", "main", "Hypothesis", "Preregistration", "SeededSplitArm",
            "MECHANISM", "MECHANISM_SMOKE", "PREREGISTERED", "mechanism_frame"]
 
@@ -235,6 +235,16 @@ def paper_difference(dataset: str, network: str) -> float:
     return round(l2 - loco, 4)
 
 
+def paper_table5() -> pd.DataFrame:
+    """:data:`PAPER_TABLE5` as a DataFrame (dataset, network, paper_l2, paper_loco, paper_stars)
+    with the absolute and relative differences of LOCO-REG from L2."""
+    df = pd.DataFrame([(d, n, *v) for (d, n), v in PAPER_TABLE5.items()],
+                      columns=["dataset", "network", "paper_l2", "paper_loco", "paper_stars"])
+    df["paper_difference"] = df.paper_loco - df.paper_l2
+    df["paper_rel_difference"] = df.paper_difference / df.paper_l2
+    return df
+
+
 def paper_paired_sd(dataset: str, network: str) -> float:
     """The largest spread (pp) of paired differences that the paper's Table 5 stars allow.
 
@@ -385,6 +395,21 @@ STUDIES["padding"] = _padding_study(STUDIES["default"], "padding",
 STUDIES["padding_smoke"] = _padding_study(STUDIES["smoke"], "padding_smoke", {"vgg13": 2, "resnet18": 2})
 
 
+
+def _kernel5_study(profile: str, dataset: str, seeds: int, **protocol: Any) -> Study:
+    """Chapter 07's runs of Section 7.1's variant: VGG13 with 5 x 5 kernels, standard L2."""
+    arm = Arm("l2_5x5/vgg13", "vgg13", "l2", tuple(range(seeds)), purpose="5x5 kernels")
+    return Study(profile, dataset, {"kernel_size": 5, **protocol}, (arm,), cs=())
+
+
+#: Chapter 07's 5 x 5 VGG13 by the chapter's profile, trained by the chapter (its weights are kept: the chapter compares
+#: Table 4 from the kernels with Table 4 from the records).
+KERNEL5_STUDIES: dict[str, Study] = {
+    "smoke": _kernel5_study("kernel5_smoke", "digits", 2, epochs=1, width=0.0625, train_subset=256),
+    "default": _kernel5_study("kernel5", "digits", 6, epochs=15, width=0.125),
+    "gpu": _kernel5_study("kernel5_gpu", "cifar100", 5, epochs=30, width=1.0),
+}
+
 #: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
 #: weights kept for feature maps and filters.
 FEATURE_MAP_RUNS: dict[str, dict[str, Any]] = {
@@ -452,7 +477,7 @@ def arm_frame(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = No
 
 
 def arm_history(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = None) -> pd.DataFrame:
-    """Learning curves of the finished runs of ``arms``: :func:`locolib.experiments.history_frame`
+    """Learning curves of the finished runs of ``arms``: :func:`locolib.results.history_frame`
     with an ``arm`` column."""
     frames = [history_frame(finished_records(a.configs(s.dataset, s.protocol), results_dir))
               .assign(arm=a.name) for a in arms]

@@ -20,7 +20,10 @@ Two equivalent ways to apply it:
   an autograd graph for the penalty.
 
 The module also holds the Table 6 helpers that derive per-layer ``(gamma_l, eta_l)`` from the
-weights of trained networks (:func:`layer_ratios`, :func:`modulate`, :func:`table6_parameters`).
+weights of trained networks or from their records (:func:`layer_ratios`, :func:`modulate`,
+:func:`table6_parameters`, :func:`table6_frame`, :func:`table6_loco_params`), and
+:func:`l2_equivalence`, which measures TensorFlow's L2 strength against PyTorch's
+``weight_decay``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -57,7 +61,10 @@ __all__ = [
     "layer_ratios",
     "modulate",
     "table6_parameters",
-    "table6_from_ratios",
+    "per_model_ratios",
+    "table6_frame",
+    "table6_loco_params",
+    "l2_equivalence",
     "I_C",
     "I_N",
     "I_CO",
@@ -65,12 +72,6 @@ __all__ = [
     "RegularizerSpec",
     "REGULARIZER_REGISTRY",
     "build_regularizer",
-    # the kernel vocabulary, defined in locolib.kernels and used here
-    "ring_distances",
-    "ring_index",
-    "index_set",
-    "spatial_convs",
-    "spatial_kernels",
 ]
 
 Number = float | int
@@ -392,59 +393,83 @@ def region_mean(kernels: torch.Tensor, spec: IndexSpec, absolute: bool = True) -
     return w[..., rows, cols].mean(dim=-1)
 
 
-def _as_model_list(models_or_kernels) -> list[list[torch.Tensor]]:
-    """Normalise: an nn.Module, a list of modules, one model's kernels, or a list of those."""
-    if isinstance(models_or_kernels, nn.Module):
-        return [spatial_kernels(models_or_kernels)]
-    items = list(models_or_kernels)
+def _record_sum(entry: Mapping[str, Any], spec: IndexSpec, absolute: bool) -> float:
+    """sum over a layer's matrices w of m(w, I), from the tap sums its record stores
+    (:func:`locolib.kernels.weight_stats`): the sums over I divided by |I|."""
+    taps = entry["tap_abs_sum" if absolute else "tap_sum"]
+    idx = index_set(spec, int(entry["k"]))
+    return float(sum(taps[i][j] for i, j in idx) / len(idx))
+
+
+def _kernel_sum(kernels: torch.Tensor, spec: IndexSpec, absolute: bool) -> float:
+    """sum over a layer's matrices w of m(w, I), from the kernels themselves."""
+    return float(region_mean(kernels.detach().double(), spec, absolute).sum())
+
+
+#: One layer of one network: spec, absolute -> sum over its matrices of m(w, I).
+LayerSum = Callable[[IndexSpec, bool], float]
+
+
+def _layer_sums(source) -> list[list[LayerSum]]:
+    """Per network, per spatial layer, the function that sums m(w, I) over the layer's matrices.
+
+    ``source``: an nn.Module, a list of modules, one model's kernels (a list of tensors), a list
+    of those, or result records (mappings with ``weight_stats``): Table 6 is computed the same
+    way from all of them."""
+    if isinstance(source, nn.Module):
+        source = [source]
+    items = list(source)
     if not items:
-        raise ValueError("no models given")
+        raise ValueError("no models or records given")
     if all(isinstance(x, torch.Tensor) for x in items):
-        return [items]
+        items = [items]
     out = []
     for x in items:
         if isinstance(x, nn.Module):
-            out.append(spatial_kernels(x))
+            out.append([_bind(_kernel_sum, w) for w in spatial_kernels(x)])
+        elif isinstance(x, Mapping):
+            out.append([_bind(_record_sum, e) for e in x["weight_stats"]])
         elif isinstance(x, Iterable) and not isinstance(x, torch.Tensor):
-            out.append(list(x))
+            out.append([_bind(_kernel_sum, w) for w in x])
         else:
-            raise TypeError(f"expected modules or lists of kernel tensors, got {type(x).__name__}")
-    n = {len(ks) for ks in out}
+            raise TypeError(f"expected modules, lists of kernel tensors or records, got {type(x).__name__}")
+    n = {len(layers) for layers in out}
     if len(n) != 1:
         raise ValueError(f"models have different numbers of spatial layers: {sorted(n)}")
     return out
 
 
-def layer_ratios(
-    models_or_kernels,
-    I: IndexSpec,
-    I2: IndexSpec,
-    absolute: bool = True,
-) -> list[float]:
+def _bind(fn: Callable[[Any, IndexSpec, bool], float], layer: Any) -> LayerSum:
+    return lambda spec, absolute: fn(layer, spec, absolute)
+
+
+def layer_ratios(source, I: IndexSpec, I2: IndexSpec, absolute: bool = True) -> list[float]:
     """r(M, l, I, I') of Table 6 for every layer l.
 
     ``r = mean over models of  sum_{w in W_l} m(w, I) / sum_{w in W_l} m(w, I')``, where W_l is
     every k x k matrix of layer l (all output x input channel pairs).
 
-    ``models_or_kernels``: trained models (nn.Module), or per model a list of per-layer kernel
-    tensors (..., k, k) as returned by :func:`spatial_kernels`; one model alone is also accepted.
+    ``source``: trained models (nn.Module), per model a list of per-layer kernel tensors
+    (..., k, k) as returned by :func:`spatial_kernels` (one model alone is also accepted), or the
+    models' result records, whose ``weight_stats`` keep the per-layer tap sums (so the trained
+    weights themselves need not be kept; tests/test_reg.py checks both give the same numbers).
+
+    On magnitudes, r(I_n, I_c) of one network is the reciprocal of the ``c/n`` ring ratio of
+    :func:`locolib.locality.magnitude_ratios` (chapters 04 and 07 read that one).
 
     With the printed (signed) m, the sums over a layer's matrices nearly cancel (weights of
     either sign are equally common), so the ratio is ill-conditioned and can be negative; the
     locality argument of Sections 5-7 is about weight *magnitudes*, hence ``absolute=True``.
     """
-    models = _as_model_list(models_or_kernels)
-    n_layers = len(models[0])
+    models = _layer_sums(source)
     out = []
-    for l in range(n_layers):
+    for l in range(len(models[0])):
         rs = []
-        for ks in models:
-            w = ks[l].detach().double()
-            num = region_mean(w, I, absolute).sum()
-            den = region_mean(w, I2, absolute).sum()
+        for layers in models:
+            den = layers[l](I2, absolute)
             if den == 0:
                 raise ValueError(f"layer {l}: sum of m(w, I') is 0, the ratio is undefined")
-            rs.append(float(num / den))
+            rs.append(layers[l](I, absolute) / den)
         out.append(sum(rs) / len(rs))
     return out
 
@@ -455,12 +480,14 @@ def modulate(r: float, c: float = 1.5) -> float:
 
 
 def table6_parameters(
-    models_or_kernels,
+    source,
     c: float = 1.5,
     absolute: bool = True,
     eta_rule: str = "printed",
+    decimals: int | None = None,
 ) -> list[tuple[float, float]]:
-    """Per-layer ``(gamma_l, eta_l)`` of Table 6.
+    """Per-layer ``(gamma_l, eta_l)`` of Table 6 from trained models or their records (the
+    ``source`` of :func:`layer_ratios`).
 
     ``eta_rule="printed"``:  ``(a(r(I_n, I_c), c), 1 / a(r(I_n, I_co), c))`` as printed.
     ``eta_rule="consistent"``: ``(a(r(I_n, I_c), c),     a(r(I_n, I_co), c))``.
@@ -475,18 +502,14 @@ def table6_parameters(
     The ``"consistent"`` rule applies the gamma logic to the corners (eta > 1 when corners are
     smaller). See tests/test_reg.py for a hand-made check of both directions.
 
+    ``decimals``: round the parameters, so that the LOCO-REG runs they define get the same run
+    keys when records are recomputed with float noise (e.g. on another machine).
+
     Raises ValueError when a(r, c) <= 0 (r < 1 - 1/c): the mask would not be positive.
     """
-    return table6_from_ratios(layer_ratios(models_or_kernels, "n", "c", absolute),
-                              layer_ratios(models_or_kernels, "n", "co", absolute), c, eta_rule)
-
-
-def table6_from_ratios(r_n_c: Sequence[float], r_n_co: Sequence[float], c: float = 1.5,
-                       eta_rule: str = "printed") -> list[tuple[float, float]]:
-    """Per-layer ``(gamma_l, eta_l)`` from the layers' ratios r(I_n, I_c) and r(I_n, I_co), by
-    the rules of :func:`table6_parameters` (which computes the ratios from kernels)."""
     if eta_rule not in ("printed", "consistent"):
         raise ValueError(f"eta_rule must be 'printed' or 'consistent', got {eta_rule!r}")
+    r_n_c, r_n_co = layer_ratios(source, "n", "c", absolute), layer_ratios(source, "n", "co", absolute)
     out = []
     for l, (rc, rco) in enumerate(zip(r_n_c, r_n_co, strict=True)):
         g, a_co = modulate(rc, c), modulate(rco, c)
@@ -496,6 +519,70 @@ def table6_from_ratios(r_n_c: Sequence[float], r_n_co: Sequence[float], c: float
                 "choose a smaller c"
             )
         out.append((g, 1.0 / a_co if eta_rule == "printed" else a_co))
+    if decimals is None:
+        return out
+    return [(round(g, decimals), round(e, decimals)) for g, e in out]
+
+
+def per_model_ratios(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Each record's own Table 6 ratios (chapter 06, Figure 1): one row per (record, reading,
+    ratio, layer) with dataset, network, seed, reading ("signed"/"absolute"), ratio ("r_n_c" or
+    "r_n_co"), layer (1-based) and r; the paper's r is their mean over records."""
+    rows = []
+    for rec in records:
+        cfg = rec["config"]
+        for absolute in (False, True):
+            for name, (I, I2) in {"r_n_c": ("n", "c"), "r_n_co": ("n", "co")}.items():
+                for layer, r in enumerate(layer_ratios([rec], I, I2, absolute), start=1):
+                    rows.append({"dataset": cfg["dataset"], "network": cfg["network"], "seed": cfg["seed"],
+                                 "reading": "absolute" if absolute else "signed", "ratio": name,
+                                 "layer": layer, "r": r})
+    return pd.DataFrame(rows)
+
+
+def table6_frame(records: Sequence[Mapping[str, Any]], cs: Sequence[float] = (0.5, 1.0, 1.5, 2.5),
+                 readings: Sequence[bool] = (False, True)) -> pd.DataFrame:
+    """Table 6 per layer, c and reading (``absolute`` False: the printed signed means; True:
+    magnitudes), from records: r(I_n, I_c), r(I_n, I_co), gamma = a(r(I_n, I_c), c),
+    a_co = a(r(I_n, I_co), c), the printed eta = 1 / a_co and the consistent eta = a_co, and
+    ``valid`` (both a > 0, i.e. a usable positive mask). Invalid rows keep the numbers (eta
+    printed is NaN if a_co = 0)."""
+    layers = records[0]["weight_stats"] if records else []
+    rows = []
+    for absolute in readings:
+        r_c = layer_ratios(records, "n", "c", absolute)
+        r_co = layer_ratios(records, "n", "co", absolute)
+        for c in cs:
+            for l, (rc, rco) in enumerate(zip(r_c, r_co)):
+                g, a_co = modulate(rc, c), modulate(rco, c)
+                rows.append({"reading": "absolute" if absolute else "signed", "c": float(c),
+                             "layer": l + 1, "name": layers[l].get("name", ""),
+                             "k": int(layers[l]["k"]), "r_n_c": rc, "r_n_co": rco,
+                             "gamma": g, "a_co": a_co,
+                             "eta_printed": 1.0 / a_co if a_co != 0 else math.nan,
+                             "eta_consistent": a_co, "valid": bool(g > 0 and a_co > 0)})
+    return pd.DataFrame(rows)
+
+
+def table6_loco_params(records: Iterable[Mapping[str, Any]], c: float = 1.5,
+                       absolute: bool = True, eta_rule: str = "printed",
+                       decimals: int | None = 4) -> dict[str, dict[str, tuple[float, ...]]]:
+    """``{"dataset/network": {"gamma": per-layer, "eta": per-layer}}`` from the standard-L2
+    records among ``records`` (each (dataset, network) cell averaged over its runs, as the
+    paper's "means per layer l for each architecture and dataset across all trained models"),
+    rounded to ``decimals`` (:func:`table6_parameters`), ready for LOCO-REG runs' ``gamma`` and
+    ``eta`` (:meth:`locolib.plans.Study.layerwise_arms`)."""
+    cells: dict[str, list] = {}
+    for rec in records:
+        cfg = rec["config"]
+        if cfg["regularizer"] == "l2":
+            cells.setdefault(f"{cfg['dataset']}/{cfg['network']}", []).append(rec)
+    if not cells:
+        raise ValueError("no standard-L2 records given: Table 6 is derived from those")
+    out = {}
+    for cell, recs in sorted(cells.items()):
+        params = table6_parameters(recs, c, absolute, eta_rule, decimals)
+        out[cell] = {"gamma": tuple(g for g, _ in params), "eta": tuple(e for _, e in params)}
     return out
 
 
@@ -554,7 +641,7 @@ def build_regularizer(model: nn.Module, config: Any) -> Regularizer:
 def realized_factor(config: Any, weight_stats: Sequence[Mapping[str, Any]],
                     weighting: str = "sq") -> float:
     """The mean mask factor that ``config``'s regularizer realized on a network's spatial kernels
-    (``weight_stats``: a record's, :func:`locolib.train.weight_stats`; ``config``: its
+    (``weight_stats``: a record's, :func:`locolib.kernels.weight_stats`; ``config``: its
     :class:`locolib.config.RunConfig`).
 
     ``sum(mask * S) / sum(S)`` over every layer and tap, with ``S`` the per-tap sums of ``w**2``
@@ -579,3 +666,50 @@ def realized_factor(config: Any, weight_stats: Sequence[Mapping[str, Any]],
         num += float((mask.double() * s).sum())
         den += float(s.sum())
     return num / den
+
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow vs PyTorch L2 strength
+# --------------------------------------------------------------------------------------------
+def l2_equivalence(lam: float = 5e-4, steps: int = 5, seed: int = 0,
+                   lr: float = 0.1, momentum: float = 0.9) -> dict[str, float]:
+    """Train a tiny conv net a few SGD steps three ways from the same start and data:
+    LocoDecay(gamma = eta = 1, lam) (TensorFlow's ``lam * sum(w**2)``), PyTorch SGD with
+    ``weight_decay = 2 lam`` and with ``weight_decay = lam``, all decaying the same weights
+    (conv and dense weights, not biases or BatchNorm).
+
+    Returns the largest absolute weight difference of LocoDecay from each of the two, and the
+    largest weight change over the steps (for scale): the first is float rounding, the second is
+    not.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (16,), generator=g)
+
+    def net() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4 * 64, 3)).double()
+
+    def run(mode: str) -> list[torch.Tensor]:
+        model = net()
+        decay = LocoDecay(model, 1.0, 1.0, lam=lam)
+        ids = {id(p) for p in decay.params}
+        others = [p for p in model.parameters() if id(p) not in ids]
+        wd = {"loco": 0.0, "2lam": 2 * lam, "lam": lam}[mode]
+        opt = torch.optim.SGD([{"params": decay.params, "weight_decay": wd},
+                               {"params": others, "weight_decay": 0.0}], lr=lr, momentum=momentum)
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x.double()), y).backward()
+            if mode == "loco":
+                decay.apply_()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    start = [p.detach().clone() for p in net().parameters()]
+    a, b, c = run("loco"), run("2lam"), run("lam")
+    diff = lambda u, v: max(float((p - q).abs().max()) for p, q in zip(u, v))  # noqa: E731
+    return {"max_diff_weight_decay_2lam": diff(a, b), "max_diff_weight_decay_lam": diff(a, c),
+            "max_change": diff(a, start)}

@@ -12,7 +12,9 @@ This module holds everything about those files that is not training itself:
   code (damaged, of another format or training version, of another run) is named in a warning
   and never counted; where a run is about to be trained again, :func:`set_aside` renames it
   (it is kept, never deleted);
-* :func:`load_results` reads all records into a table, :func:`compare` does Table 5's statistics.
+* :func:`result_path` says where a run's record lives, :func:`finished_records` reads a plan's
+  records without training anything;
+* :func:`load_results` reads all records into a table, :func:`history_frame` the learning curves.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import torchvision
 import locolib
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
 from locolib.io import loads
-from locolib.kernels import stars as significance_stars  # the paper's notation, defined once
 
 __all__ = [
     "RESULTS_ENV",
@@ -48,6 +49,8 @@ __all__ = [
     "InvalidRecord",
     "read_record",
     "finished_record",
+    "result_path",
+    "finished_records",
     "set_aside",
     "RunLocked",
     "RunLock",
@@ -56,7 +59,7 @@ __all__ = [
     "iter_records",
     "load_results",
     "results_frame",
-    "significance_stars",
+    "history_frame",
 ]
 
 RESULTS_ENV = "LOCOLIB_RESULTS"
@@ -190,6 +193,20 @@ def finished_record(path: str | Path, key: str, on_invalid: str = "warn") -> dic
             warnings.warn(f"{err}; not counted as done (training the run sets it aside)",
                           RunFileWarning, stacklevel=2)
         return None
+
+
+def result_path(config: RunConfig, results_dir: str | Path | None = None) -> Path:
+    """Where the record of ``config`` lives: ``<results_dir>/<key>.json``."""
+    return Path(results_dir or default_results_dir()) / f"{config.key}.json"
+
+
+def finished_records(configs: Iterable[RunConfig],
+                     results_dir: str | Path | None = None) -> list[dict]:
+    """The stored records of those ``configs`` that are finished, in order; trains nothing
+    (files that are not valid records are named in a warning: :func:`read_record`)."""
+
+    records = (finished_record(result_path(c, results_dir), c.key) for c in configs)
+    return [r for r in records if r is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,3 +523,20 @@ def _frame(rows: list[dict], filters: dict[str, Any]):
         else:
             df = df[df[col].apply(lambda v, w=want: v == w)]
     return df.sort_values(["dataset", "network", "regularizer", "seed"]).reset_index(drop=True)
+
+
+def history_frame(records: Iterable[dict]) -> pd.DataFrame:
+    """Learning curves: one row per (run, epoch) with dataset, network, regularizer, seed,
+    epoch, lr, train_loss, train_acc, test_error (%) and penalty."""
+    rows = []
+    for rec in records:
+        cfg = rec["config"]
+        for h in rec["history"]:
+            rows.append({"key": rec["key"], "dataset": cfg["dataset"], "network": cfg["network"],
+                         "regularizer": cfg["regularizer"], "seed": cfg["seed"],
+                         "epoch": h["epoch"], "lr": h["lr"], "train_loss": h["train_loss"],
+                         "train_acc": h["train_acc"],
+                         "test_error": 100.0 * h["test_error"] if "test_error" in h else numpy.nan,
+                         "penalty": h.get("penalty")})
+    return pd.DataFrame(rows, columns=["key", "dataset", "network", "regularizer", "seed", "epoch",
+                                       "lr", "train_loss", "train_acc", "test_error", "penalty"])

@@ -1,11 +1,12 @@
 """Sweeps: many independent runs keyed by (dataset, network, regularizer, seed), and their CLI.
 
 Table 5 of the paper is 3 datasets x 3 networks x {standard L2, LOCO-REG} x 20 seeds = 360 runs
-of 250 epochs. A sweep is just the list of their :class:`~locolib.train.RunConfig`;
+of 250 epochs. A sweep is just the list of their :class:`~locolib.config.RunConfig`;
 :func:`run_sweep` trains the ones without a result file. Several processes (or machines sharing
 the results folder) can work on the same sweep at once: each run is claimed with a lock file
 (:class:`locolib.results.RunLock`), so every run is trained once; :func:`shard` splits a plan into
-disjoint parts up front instead. Then :func:`load_results` and :func:`compare` make Table 5.
+disjoint parts up front instead. Then :func:`locolib.results.load_results` and
+:func:`locolib.stats.compare` make Table 5.
 
 Command line (``locolib-sweep`` or ``python -m locolib.sweep``)::
 
@@ -46,14 +47,12 @@ from locolib.progress import progress_bar, tqdm
 from locolib.reg import REGULARIZER_REGISTRY
 from locolib.results import (
     MIN_STALE_AFTER,
+    RunLocked,
     default_results_dir,
     finished_record,
-    load_results,
-    results_frame,
-    significance_stars,
+    result_path,
 )
-from locolib.stats import compare
-from locolib.train import RunDiverged, RunLocked, check_device, check_per_layer, result_path, run_status, train
+from locolib.train import RunDiverged, check_device, check_per_layer, run_status, train
 
 __all__ = [
     "plan",
@@ -64,10 +63,6 @@ __all__ = [
     "sweep_status",
     "print_status",
     "MAX_RUNS",
-    "load_results",
-    "results_frame",
-    "compare",
-    "significance_stars",
     "main",
 ]
 
@@ -307,13 +302,6 @@ def _arg(fn, what: str):
     return parse
 
 
-def _per_layer(text: str) -> float | tuple[float, ...]:
-    vals = [float(v) for v in text.split(",") if v.strip()]
-    if not vals or any(not (v > 0 and math.isfinite(v)) for v in vals):
-        raise ValueError(f"{text!r}: expected a positive number or a comma-separated list of them")
-    return vals[0] if len(vals) == 1 else tuple(vals)
-
-
 def _stale_after(text: str) -> float:
     v = float(text)
     if not MIN_STALE_AFTER <= v < math.inf:
@@ -342,17 +330,18 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _option_type(name: str):
-    """The argparse type of RunConfig field ``name``: a number is parsed and checked by
-    :func:`locolib.config.check_value`, as RunConfig checks it."""
-    default = field_default(name)
-    if name in ("gamma", "eta"):
-        return _arg(_per_layer, name)
+    """The argparse type of RunConfig field ``name``: its ``parse`` metadata or the type of its
+    default; a number with ``bounds`` is checked by :func:`locolib.config.check_value`, as
+    RunConfig checks it."""
+    default, info = field_default(name), field_info(name)
     if isinstance(default, bool):
         return _arg(_bool, name)
-    if name == "train_subset" or isinstance(default, (int, float)):
-        kind = float if isinstance(default, float) else int
-        return _arg(lambda text: check_value(name, kind(text)), name)
-    return str
+    parse = info["parse"] or (type(default) if isinstance(default, (int, float)) else None)
+    if parse is None:
+        return str
+    if info["bounds"] is None:
+        return _arg(parse, name)
+    return _arg(lambda text: check_value(name, parse(text)), name)
 
 
 class _HelpFormatter(argparse.HelpFormatter):

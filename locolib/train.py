@@ -42,28 +42,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from locolib.config import PAPER_EPOCHS, PAPER_MILESTONES, REGULARIZERS, TRAINING_VERSION, RunConfig
+from locolib.config import PAPER_MILESTONES, TRAINING_VERSION, RunConfig
 from locolib.data import DATASETS, augment_batch, load_dataset, validation_split
 from locolib.io import atomic_write_bytes, write_json
+from locolib.kernels import spatial_convs, weight_stats
 from locolib.models import build_model
 from locolib.progress import progress_bar
-from locolib.reg import Regularizer, build_regularizer, ring_distances, ring_index, spatial_convs
+from locolib.reg import Regularizer, build_regularizer
 from locolib.results import (
     RECORD_FORMAT,
     RunFileWarning,
     RunLock,
-    RunLocked,
     default_results_dir,
     finished_record,
     provenance,
+    result_path,
     set_aside,
 )
 
 __all__ = [
-    "RunConfig",
-    "PAPER_MILESTONES",
-    "PAPER_EPOCHS",
-    "REGULARIZERS",
     "milestone_epochs",
     "lr_at",
     "regularization_dose",
@@ -80,13 +77,9 @@ __all__ = [
     "synchronize",
     "derive_seed",
     "train",
-    "result_path",
     "checkpoint_path",
     "run_status",
-    "default_results_dir",
-    "RunLocked",
     "RunDiverged",
-    "weight_stats",
 ]
 
 # torch 2.14.1 on the CPU: the backward pass of a strided 1x1 convolution (ResNet18's shortcuts)
@@ -303,10 +296,6 @@ def _seeded_global_rng(device: torch.device, seed: int):
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def result_path(config: RunConfig, results_dir: str | Path | None = None) -> Path:
-    return Path(results_dir or default_results_dir()) / f"{config.key}.json"
-
-
 def checkpoint_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
     return Path(checkpoint_dir) / f"{config.key}.pt"
 
@@ -389,43 +378,6 @@ def run_status(config: RunConfig, results_dir=None, checkpoint_dir=None) -> str:
 # --------------------------------------------------------------------------------------------
 # Weight statistics (compact, for Tables 4 and 6 without storing the weights)
 # --------------------------------------------------------------------------------------------
-def weight_stats(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """Compact per-layer statistics of the spatial kernels, enough for Tables 4 and 6 later
-    without storing the weights.
-
-    One entry per spatial convolution (module order, as LOCO-REG's per-layer parameters):
-    ``name``, ``shape``, ``count`` (number of k x k matrices w), the k x k sums over them of
-    ``w`` (``tap_sum``), ``|w|`` (``tap_abs_sum``) and ``w**2`` (``tap_sq_sum``), and for
-    consecutive rings r, r+1 around the centre (:func:`locolib.reg.ring_distances`: for 3x3
-    centre, edge neighbours, corners) the
-    sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
-    ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
-    is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
-    s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums.
-    """
-    out = []
-    names = {id(m): n for n, m in model.named_modules()}
-    for conv in spatial_convs(model):
-        w = conv.weight.detach().double().cpu()
-        k = w.shape[-1]
-        flat = w.reshape(-1, k * k)
-        rings = ring_index(k).reshape(-1)
-        n_rings = len(ring_distances(k))
-        entry: dict[str, Any] = {"name": names.get(id(conv), ""), "shape": list(w.shape),
-                                 "count": int(flat.shape[0]), "k": k,
-                                 "ring_distances": ring_distances(k)}
-        # w**2 per tap: the realized penalty of any mask (locolib.reg.realized_factor)
-        entry["tap_sq_sum"] = flat.square().sum(0).reshape(k, k).tolist()
-        for tag, v in (("", flat), ("abs_", flat.abs())):
-            entry[f"tap_{tag}sum"] = v.sum(0).reshape(k, k).tolist()
-            ring_means = torch.stack([v[:, rings == r].mean(1) for r in range(n_rings)], 1)
-            diff = ring_means[:, :-1] - ring_means[:, 1:]  # s(w, ring r, ring r+1)
-            entry[f"ring_{tag}diff_sum"] = diff.sum(0).tolist()
-            entry[f"ring_{tag}diff_sq_sum"] = diff.square().sum(0).tolist()
-        out.append(entry)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------

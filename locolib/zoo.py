@@ -3,7 +3,7 @@
 Table 4 of the paper rests on networks that others trained. Besides torchvision's ImageNet
 weights (:mod:`locolib.pretrained`, which need a download from outside PyPI), real trained
 convolutional networks ship inside ordinary Python packages as ONNX files, readable with the
-``onnx`` package alone (:func:`locolib.kernels.from_onnx`). :data:`NETWORKS` pins each one: the
+``onnx`` package alone (:func:`locolib.kernels.from_onnx`). :data:`PINNED` pins each one: the
 package and version, the file inside its wheel and the file's SHA-256, and what the package says
 about the network's task, training data and licence.
 
@@ -45,7 +45,7 @@ from locolib.results import repository_root
 __all__ = [
     "MODELS_ENV",
     "Network",
-    "NETWORKS",
+    "PINNED",
     "cache_dir",
     "model_path",
     "fetch",
@@ -53,7 +53,6 @@ __all__ = [
     "licences",
     "networks_frame",
     "licence_problems",
-    "sha256",
     "toy_network",
     "load",
     "layer_summary",
@@ -90,7 +89,7 @@ _RAPIDOCR = dict(package="rapidocr-onnxruntime", version="1.4.4", licence="Apach
                  metadata_licence="Apache-2.0")
 
 #: The networks the book did not train, by name (pinned: package version and file SHA-256).
-NETWORKS: dict[str, Network] = {n.name: n for n in (
+PINNED: dict[str, Network] = {n.name: n for n in (
     Network(name="PP-OCRv4 det", member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
             sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
             task="text detection (where text is in a photo or scan)",
@@ -136,9 +135,9 @@ def cache_dir(start: str | Path | None = None) -> Path:
 
 
 def _network(name: str) -> Network:
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose from {list(NETWORKS)}")
-    return NETWORKS[name]
+    if name not in PINNED:
+        raise ValueError(f"unknown network {name!r}; choose from {list(PINNED)}")
+    return PINNED[name]
 
 
 def _package_dir(net: Network, cache: Path) -> Path:
@@ -216,7 +215,7 @@ def _extract(net_names: Sequence[str], cache: Path) -> None:
 
 def fetch(names: Iterable[str] | None = None, cache: str | Path | None = None,
           download: bool = True) -> dict[str, Path]:
-    """The ONNX files of ``names`` (default: all of :data:`NETWORKS`), name -> path.
+    """The ONNX files of ``names`` (default: all of :data:`PINNED`), name -> path.
 
     Files already in the cache are used when their SHA-256 matches the pin. Missing ones are
     downloaded (one ``pip download --no-deps`` per package) unless ``download=False``; without
@@ -224,7 +223,7 @@ def fetch(names: Iterable[str] | None = None, cache: str | Path | None = None,
     the files would have to be. A cached file whose SHA-256 is not the pin is named with both
     hashes: a ValueError with ``download=False``, else a warning, and it is downloaded again.
     """
-    names = list(NETWORKS) if names is None else list(names)
+    names = list(PINNED) if names is None else list(names)
     cache = Path(cache) if cache is not None else cache_dir()
     missing: dict[tuple[str, str], list[str]] = {}
     altered: list[str] = []
@@ -265,7 +264,7 @@ def networks_frame(names: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per network: name, package (pinned), task, architecture, training data and
     licence as the package documents them, and the file's SHA-256."""
     rows = []
-    for name in (list(NETWORKS) if names is None else names):
+    for name in (list(PINNED) if names is None else names):
         net = asdict(_network(name))
         net["package"] = f"{net.pop('package')}=={net.pop('version')}"
         del net["metadata_licence"], net["licence_files"], net["member"]
@@ -275,7 +274,7 @@ def networks_frame(names: Iterable[str] | None = None) -> pd.DataFrame:
 
 
 def licence_problems(names: Iterable[str], cache: str | Path | None = None) -> list[str]:
-    """Chapter 07's check that each fetched wheel states the licence :data:`NETWORKS` records:
+    """Chapter 07's check that each fetched wheel states the licence :data:`PINNED` records:
     its METADATA ``License`` field and the first line of its licence files; one line per
     disagreement, empty if none."""
     out = []
@@ -283,10 +282,10 @@ def licence_problems(names: Iterable[str], cache: str | Path | None = None) -> l
         net = _network(name)
         files = set(stated["files"].values())
         if stated["license"] != net.metadata_licence:
-            out.append(f"{name}: the wheel states {stated['license']!r}, NETWORKS says "
+            out.append(f"{name}: the wheel states {stated['license']!r}, PINNED says "
                        f"{net.metadata_licence!r}")
         if files != ({net.licence_files} if net.licence_files else set()):
-            out.append(f"{name}: the wheel's licence files begin {sorted(files)}, NETWORKS says "
+            out.append(f"{name}: the wheel's licence files begin {sorted(files)}, PINNED says "
                        f"{net.licence_files!r}")
     return out
 
@@ -301,7 +300,7 @@ def toy_network(path: str | Path | None = None, seed: int = 0) -> Path:
     Three dense 3 x 3 layers (centre-heavy magnitudes, random signs), a 1 x 1 layer, three
     depth-wise 3 x 3 and two depth-wise 5 x 5 layers (weights decaying with the distance from
     the centre), and a 1 x 3 layer; half the weights are initializers, half Constant nodes, as
-    in the networks of :data:`NETWORKS`. The chapter's smoke profile uses it in their place.
+    in the networks of :data:`PINNED`. The chapter's smoke profile uses it in their place.
     """
     import onnx  # noqa: PLC0415 -- optional dependency (locolib[book])
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 -- optional dependency (locolib[book])

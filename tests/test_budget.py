@@ -6,24 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from locolib import budget
 from locolib.data import dataset_spec
 from locolib.plans import STUDIES, study
-
-
-def test_detectable_effect_is_the_paired_t_formula_and_has_its_power():
-    n, sd = 10, 1.0
-    expect = (stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * sd / math.sqrt(n)
-    assert budget.detectable_effect(sd, n) == pytest.approx(expect)
-    assert budget.detectable_effect(2 * sd, 4 * n) < budget.detectable_effect(sd, n) * 1.1
-    assert budget.detectable_effect(sd, 1) == math.inf
-    # Simulated paired experiments with that true difference: the t test rejects ~80% of them.
-    rng = np.random.default_rng(0)
-    diffs = rng.normal(expect, sd, size=(4000, n))
-    p = stats.ttest_1samp(diffs, 0.0, axis=1).pvalue
-    assert 0.76 < np.mean(p < 0.05) < 0.84
+from locolib.stats import minimum_detectable_effect
 
 
 @pytest.mark.parametrize("profile", ["colab", "gpu", "gpu_cifar100", "gpu_fashion_mnist",
@@ -53,7 +40,7 @@ def test_colab_fits_an_hour_on_a_t4_and_gpu_a_few_gpu_hours():
     gpu = [budget.profile_summary(p) for p in ("gpu", "gpu_cifar100", "gpu_fashion_mnist")]
     assert 2 < sum(g["hours"] for g in gpu) < 6
     assert colab["detectable_effect_pp"]["loco_table6/vgg13"] == pytest.approx(
-        budget.detectable_effect(study("colab").paired_sd["vgg13"], 10))
+        minimum_detectable_effect(study("colab").paired_sd["vgg13"], 10))
     assert gpu[0]["detectable_effect_pp"]["loco_table6/vgg13"] < colab["detectable_effect_pp"]["loco_table6/vgg13"]
     assert set(budget.PROFILE_DEVICE) <= set(STUDIES)
     with pytest.raises(ValueError, match="no paired SD"):

@@ -22,9 +22,9 @@ import locolib.io
 from locolib.config import REGULARIZERS, config_fields, field_default
 from locolib.data import DATASETS
 from locolib.models import NETWORKS
-from locolib.results import read_record
+from locolib.results import read_record, result_path
 from locolib.sweep import MAX_RUNS, main, plan
-from locolib.train import checkpoint_path, result_path
+from locolib.train import checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md")), ROOT / "results" / "README.md"]

@@ -300,7 +300,7 @@ def test_each_ring_is_weakest_against_the_next_one(k, q):
 
 
 def test_figure3_windows():
-    scores = co.window_scores(co.FIGURE3_INPUT)
+    scores = co.window_table(co.FIGURE3_INPUT)
     assert len(scores) == 4 * 14
     best = scores.loc[scores.total_force.astype(float).idxmax()]
     assert best.total_force == max(scores.total_force)
@@ -318,7 +318,7 @@ def test_figure3_windows():
     red = sympy.Matrix(co.FIGURE3_INPUT)[1:4, 5:8]
     forces = co.pair_forces(red)
     assert max(forces, key=forces.get) == (CENTRE, (1, 2)) and max(forces.values()) == 18
-    small = co.window_scores([[1, 2, 0, 0], [0, 1, 0, 0], [0, 0, 3, 1]], k=3)
+    small = co.window_table([[1, 2, 0, 0], [0, 1, 0, 0], [0, 0, 3, 1]], k=3)
     assert list(small["sum"]) == [7, 7] and list(small.centre) == [1, 0]
     assert small.total_force[1] == co.total_force([[2, 0, 0], [1, 0, 0], [0, 3, 1]])
 

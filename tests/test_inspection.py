@@ -10,7 +10,9 @@ from torch import nn
 
 from locolib import inspection as ins
 from locolib import locality as lo
-from locolib.train import RunConfig, train, weight_stats
+from locolib.config import RunConfig
+from locolib.kernels import weight_stats
+from locolib.train import train
 
 torch.set_num_threads(1)
 
@@ -182,3 +184,9 @@ def test_kernels_versus_records_of_a_run(tmp_path):
     rec = train(cfg, results_dir=tmp_path, progress=False, model_dir=tmp_path / "m")
     check = ins.kernels_versus_records([cfg], [rec], tmp_path, tmp_path / "m")
     assert check["same stars"] and check["largest difference in m"] < 1e-9
+
+
+def test_conv_input_sizes():
+    assert ins.conv_input_sizes("vgg13") == [32, 32, 16, 16, 8, 8, 4, 4, 2, 2]
+    # MobileNet: stem, then depthwise convs with strides 2,1,2,1,1,2,1,1,2
+    assert ins.conv_input_sizes("mobilenet") == [32, 32, 16, 16, 8, 8, 8, 4, 4, 4]

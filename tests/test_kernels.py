@@ -75,11 +75,9 @@ def test_stars_reject_numbers_that_are_no_p_value():
         K.stars(1.5)
 
 
-def test_the_old_homes_name_the_same_objects():
-    from locolib import reg, results
+def test_eq_6_1_index_sets_are_the_kernel_vocabulary():
+    from locolib import reg
 
-    assert results.significance_stars is K.stars
-    assert reg.ring_index is K.ring_index and reg.spatial_kernels is K.spatial_kernels
     assert reg.I_CO == K.index_set("co", 3)
 
 

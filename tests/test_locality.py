@@ -14,7 +14,7 @@ from torch import nn
 
 from locolib import kernels as K
 from locolib import locality as lo
-from locolib.train import weight_stats
+from locolib.kernels import weight_stats
 
 CENTRE, NEIGHBOURS, CORNERS = [(1, 1)], [(0, 1), (1, 0), (1, 2), (2, 1)], [(0, 0), (0, 2), (2, 0), (2, 2)]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from locolib.kernels import spatial_convs
 from locolib.models import MODEL_NAMES, build_model
-from locolib.reg import spatial_convs
 
 torch.set_num_threads(1)
 

@@ -14,9 +14,17 @@ import pytest
 import torch
 
 import locolib.train as T
-from locolib.results import RunFileWarning, RunLock, RunLocked, finished_record, load_results, read_record
+from locolib.results import (
+    RunFileWarning,
+    RunLock,
+    RunLocked,
+    finished_record,
+    load_results,
+    read_record,
+    result_path,
+)
 from locolib.sweep import main, plan, run_sweep, sweep_status
-from locolib.train import checkpoint_path, result_path, train
+from locolib.train import checkpoint_path, train
 
 TINY = dict(width=0.125, train_subset=64, batch_size=32, epochs=2)
 (CONFIG,) = plan(["digits"], ["vgg13"], ["l2"], [0], **TINY)

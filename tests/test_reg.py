@@ -7,23 +7,19 @@ import pytest
 import torch
 from torch import nn
 
+from locolib.kernels import index_set, ring_distances, ring_index, spatial_convs, spatial_kernels
 from locolib.models import build_model
 from locolib.reg import (
     I_C,
     I_CO,
     I_N,
     LocoDecay,
-    index_set,
     layer_ratios,
     loco_mask,
     loco_penalty,
     modulate,
     region_mean,
-    ring_distances,
-    ring_index,
     ring_weights,
-    spatial_convs,
-    spatial_kernels,
     table6_parameters,
 )
 

@@ -44,6 +44,8 @@ def test_minimum_detectable_effect_has_the_stated_power():
     p = st.ttest_1samp(diffs, 0, axis=1).pvalue
     assert 0.76 < (p < 0.05).mean() < 0.84  # 80% power, up to simulation noise
     assert minimum_detectable_effect(sd, 4 * n) < mde / 1.9  # sqrt(n) scaling
+    assert mde == pytest.approx((st.t.ppf(0.975, n - 1) + st.t.ppf(0.8, n - 1)) * sd / math.sqrt(n))
+    assert math.isnan(minimum_detectable_effect(sd, 1))  # one pair has no spread
 
 
 def test_equivalence_bound_is_what_tost_rejects():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,20 +16,18 @@ import torch
 from scipy import stats
 
 import locolib.train as T
-from locolib.results import RunFileWarning, RunLock
+from locolib.config import RunConfig
+from locolib.kernels import stars as significance_stars
+from locolib.results import RunFileWarning, RunLock, load_results, result_path, results_frame
+from locolib.stats import compare
 from locolib.sweep import (
-    compare,
-    load_results,
     main,
     parse_seeds,
     parse_shard,
     plan,
-    results_frame,
     run_sweep,
     shard,
-    significance_stars,
 )
-from locolib.train import RunConfig, result_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=0.125, train_subset=64, batch_size=32, epochs=1)
@@ -293,3 +292,15 @@ def test_a_diverged_run_does_not_stop_the_others(tmp_path, monkeypatch):
         run_sweep(configs, results_dir=tmp_path, progress=False, log=None)
     assert not result_path(configs[0], tmp_path).exists()
     assert result_path(configs[1], tmp_path).exists()
+
+
+def test_the_command_line_reads_a_field_as_its_metadata_says():
+    from locolib.config import field_info
+    from locolib.sweep import _option_type
+
+    assert field_info("train_subset")["parse"] is int  # its default, None, names no type
+    assert _option_type("train_subset")("100") == 100
+    assert _option_type("gamma")("0.5,2") == (0.5, 2.0) and _option_type("eta")("2") == 2.0
+    assert _option_type("lam")("0.01") == 0.01 and _option_type("amp")("no") is False
+    with pytest.raises(argparse.ArgumentTypeError, match="train_subset must lie in"):
+        _option_type("train_subset")("0")

@@ -19,9 +19,9 @@ import torch
 import locolib.config as config
 import locolib.io
 import locolib.train as T
-from locolib.config import config_field
-from locolib.results import RunLock, RunLocked, default_results_dir
-from locolib.train import RunConfig, checkpoint_path, lr_at, milestone_epochs, result_path, train
+from locolib.config import RunConfig, config_field
+from locolib.results import RunLock, RunLocked, default_results_dir, result_path
+from locolib.train import checkpoint_path, lr_at, milestone_epochs, train
 
 # Tiny runs: digits, 1/8-width VGG13, 192 training images in batches of 64 -> 3 steps per epoch,
 # a checkpoint after every epoch.

