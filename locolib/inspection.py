@@ -31,6 +31,7 @@ from torch import nn
 from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
 from locolib.locality import as_matrices, locality_test, magnitude_ratios, table4_row
 from locolib.models import build_model
+from locolib.notebook import FIGURE_WIDTH
 from locolib.results import default_results_dir
 from locolib.train import derive_seed, result_path, train
 
@@ -288,7 +289,7 @@ def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None 
     """Chapter 07's figure of :func:`layer_locality`: m(c,n) (top) and m(n,co) (bottom) of the
     magnitudes per layer, one line per network; the first layer on each map width is labelled
     with that width in the line's colour. Drawn at the book's column width, labels at 9 pt."""
-    fig, axes = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(2, 1, figsize=(FIGURE_WIDTH, 5.6), sharex=True, layout="constrained")
     for ax, col in zip(axes, ["m(c,n) |w|", "m(n,co) |w|"]):
         for n, (network, g) in enumerate(by_layer.reset_index().groupby("network")):
             line, = ax.plot(g["layer"], g[col], "o-", label=(names or {}).get(network, network))
@@ -315,7 +316,7 @@ def plot_position_profiles(profiles: Mapping[str, Sequence[np.ndarray]], titles:
     ``vmax``. No numbers are printed in the cells: at the column width a layer's 3x3 map is
     about 60 px wide, too small for readable numbers; a table shows them."""
     rows, cols = len(profiles), len(titles)
-    fig, axes = plt.subplots(rows, cols, figsize=(7.5, 0.4 + 0.75 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH, 0.4 + 0.75 * rows), squeeze=False,
                              layout="constrained")
     for row, (name, layers) in zip(axes, profiles.items()):
         for ax, p in zip(row, layers, strict=True):

@@ -235,9 +235,9 @@ def check_the_readers_view(page: str, browser) -> None:
     assert not too_wide, f"{page}: tables wider than the text column: {too_wide}"
 
 
-# book_style draws a figure 7.5 in wide at 100 dpi: 750 px (a few more with the inline backend's
-# tight bounding box), which the ~740 px text column at 1280 px shows at 97% or more, so that its
-# 9 pt fonts stay about 9 pt. A figure 10 in wide squeezed into the column is shown at 74%.
+# book_style draws a figure locolib.notebook.FIGURE_WIDTH (6.6 in) wide at 100 dpi: about 670 px
+# with the inline backend's margin, which the 676 px text column at 1280 px shows unscaled, so
+# that its 9 pt fonts stay 9 pt. A figure of 7.5 in is shown at 89%, one of 10 in at 67%.
 MIN_FIGURE_SCALE = 0.95
 
 
@@ -260,18 +260,20 @@ def figure_problems(images: list[tuple[str, int, float]], column: float) -> list
 
 
 def test_figure_problems_finds_wide_and_squeezed_figures():
-    assert figure_problems([("a.png", 761, 740.0), ("b.png", 600, 600.0), ("c.png", 750, 0.0)], 740) == []
-    squeezed = figure_problems([("_images/wide.png", 1390, 740.0)], 740)
-    assert len(squeezed) == 1 and "wide.png" in squeezed[0] and "53%" in squeezed[0]
-    assert len(figure_problems([("folded.png", 1800, 0.0)], 740)) == 1  # folded: judged as unfolded
-    assert "column" in figure_problems([("over.png", 900, 900.0)], 740)[0]
+    assert figure_problems([("a.png", 671, 671.0), ("b.png", 600, 600.0), ("c.png", 671, 0.0)], 676) == []
+    squeezed = figure_problems([("_images/wide.png", 1390, 676.0)], 676)
+    assert len(squeezed) == 1 and "wide.png" in squeezed[0] and "49%" in squeezed[0]
+    assert len(figure_problems([("a 7.5 in figure", 761, 676.0)], 676)) == 1
+    assert len(figure_problems([("folded.png", 1800, 0.0)], 676)) == 1  # folded: judged as unfolded
+    assert "column" in figure_problems([("over.png", 900, 900.0)], 676)[0]
 
 
 def check_figures_are_legible(page: str, browser) -> None:
     """Every figure of the page fits the text column and is shown at (nearly) the size it was
     drawn at, so that its fonts keep the size book_style() gave them."""
-    column, images = browser.execute_script(
-        "const column = document.querySelector('article').clientWidth;"
+    column, images = browser.execute_script(  # the column: the article's width less its padding
+        "const a = document.querySelector('article'), s = getComputedStyle(a);"
+        "const column = a.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);"
         "return [column, Array.from(document.querySelectorAll('article img'))"
         ".map(i => [i.src, i.naturalWidth, i.getBoundingClientRect().width])];"
     )
