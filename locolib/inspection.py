@@ -303,7 +303,7 @@ def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None 
         ax.axhline(0, color="grey", lw=0.8)
         ax.margins(y=0.2)  # room for the labels above the highest points
         ax.set_ylabel(col)
-        ax.set_title(col + " per layer, L2 runs (mean over runs)")
+        ax.set_title(col + " per layer, L2 runs")
     axes[-1].set_xlabel("spatial conv layer (input side first)")
     axes[0].legend()
     return fig
