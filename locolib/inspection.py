@@ -31,6 +31,7 @@ from torch import nn
 from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
 from locolib.locality import as_matrices, locality_test, magnitude_ratios, table4_row
 from locolib.models import build_model
+from locolib.notebook import FIGURE_WIDTH
 from locolib.results import default_results_dir, result_path
 from locolib.train import derive_seed, train
 
@@ -296,21 +297,47 @@ def layer_locality(records: Sequence[Mapping[str, Any]], input_size: int = 32) -
 
 
 def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None = None):
-    """Chapter 07's figure of :func:`layer_locality`: m(c,n) and m(n,co) of the magnitudes per
-    layer, one line per network, each point labelled with the width of its input map."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    """Chapter 07's figure of :func:`layer_locality`: m(c,n) (top) and m(n,co) (bottom) of the
+    magnitudes per layer, one line per network; the first layer on each map width is labelled
+    with that width in the line's colour. Drawn at the book's column width, labels at 9 pt."""
+    fig, axes = plt.subplots(2, 1, figsize=(FIGURE_WIDTH, 5.6), sharex=True, layout="constrained")
     for ax, col in zip(axes, ["m(c,n) |w|", "m(n,co) |w|"]):
-        for network, g in by_layer.reset_index().groupby("network"):
-            ax.plot(g["layer"], g[col], "o-", label=(names or {}).get(network, network))
-            for _, row in g.iterrows():
+        for n, (network, g) in enumerate(by_layer.reset_index().groupby("network")):
+            line, = ax.plot(g["layer"], g[col], "o-", label=(names or {}).get(network, network))
+            # Label only the first layer on each map width, above the points of every other network
+            # and below the rest: a label at every point would overlap.
+            first = g[g["map"] != g["map"].shift()]
+            for _, row in first.iterrows():
                 ax.annotate(str(int(row["map"])), (row["layer"], row[col]), textcoords="offset points",
-                            xytext=(0, 5), ha="center", fontsize=7)
+                            xytext=(0, 5 if n % 2 == 0 else -13), ha="center", fontsize=9,
+                            color=line.get_color())
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("spatial conv layer (input side first)")
+        ax.margins(y=0.2)  # room for the labels above the highest points
+        ax.set_ylabel(col)
         ax.set_title(col + " per layer, L2 runs")
-    axes[0].set_ylabel("standardised difference (mean over runs)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    axes[-1].set_xlabel("spatial conv layer (input side first)")
+    axes[0].legend()
+    return fig
+
+
+def plot_position_profiles(profiles: Mapping[str, Sequence[np.ndarray]], titles: Sequence[str],
+                           cmap: str, vmin: float, vmax: float, label: str):
+    """Chapter 04's maps of :func:`position_profiles`: one row per entry of ``profiles`` (its key
+    labels the row), one column per layer (``titles``), one colour scale from ``vmin`` to
+    ``vmax``. No numbers are printed in the cells: at the column width a layer's 3x3 map is
+    about 60 px wide, too small for readable numbers; a table shows them."""
+    rows, cols = len(profiles), len(titles)
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH, 0.4 + 0.75 * rows), squeeze=False,
+                             layout="constrained")
+    for row, (name, layers) in zip(axes, profiles.items()):
+        for ax, p in zip(row, layers, strict=True):
+            image = ax.imshow(p, cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(name)
+    for ax, title in zip(axes[0], titles, strict=True):
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=axes, label=label)
     return fig
 
 

@@ -227,15 +227,15 @@ def draw_placement(ax: Any, grid: Any, placement: Placement, title: str | None =
     grid = np.asarray(grid)
     ax.imshow(grid, cmap="Greys", vmin=grid.min(), vmax=grid.max() * 1.6)
     for (i, j), v in np.ndenumerate(grid):
-        ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=8)
+        ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=9)
     colour = COLOURS.get(placement.strategy, "black")
     for r, c in placement.windows:
         ax.add_patch(Rectangle((c - 0.5, r - 0.5), placement.k, placement.k, fill=False,
                                edgecolor=colour, linewidth=2.5))
     ax.set_xticks(range(grid.shape[1]))
     ax.set_yticks(range(grid.shape[0]))
-    ax.tick_params(labelsize=7)
-    ax.set_title(title or f"{placement.strategy}: centres {placement.centres}", fontsize=9)
+    ax.tick_params(labelsize=9)
+    ax.set_title(title or f"{placement.strategy}: centres {placement.centres}")
 
 
 # ----------------------------------------------------------------------------- robustness to noise
@@ -359,6 +359,28 @@ def summarize_robustness(trials: pd.DataFrame, confidence: float = 0.95) -> pd.D
                      "shift_se": t["shift"].std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
                      "n_pairs": len(a), "p_agree": a.mean(), "agree_low": a_low, "agree_high": a_high})
     return pd.DataFrame(rows)
+
+
+# The interval columns of each measure of :func:`summarize_robustness` (None: +-1.96 standard errors).
+ROBUSTNESS_INTERVALS = {"p_kept": ("ci_low", "ci_high"), "p_agree": ("agree_low", "agree_high"), "mean_shift": None}
+
+
+def draw_robustness(ax: Any, summary: pd.DataFrame, noise: str, measure: str) -> None:
+    """One measure of :func:`summarize_robustness` (``p_kept``, ``p_agree`` or ``mean_shift``)
+    against the level of ``noise`` on a log axis, one line per strategy in its colour, with
+    the 95% intervals of the summary (exact binomial; the shift: +-1.96 standard errors)."""
+    for strategy in STRATEGIES:
+        t = summary[(summary.noise == noise) & (summary.strategy == strategy)]
+        interval = ROBUSTNESS_INTERVALS[measure]
+        if interval:
+            err = np.vstack([t[measure] - t[interval[0]], t[interval[1]] - t[measure]])
+        else:
+            err = 1.96 * t["shift_se"].to_numpy()
+        name = "max sum (blue)" if strategy == "sum" else "max cohesion (red)"
+        ax.errorbar(t["level"], t[measure], yerr=err, marker="o", ms=4, capsize=3, color=COLOURS[strategy],
+                    label=name)
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
 
 
 def paired_comparison(trials: pd.DataFrame, a: str = "cohesion", b: str = "sum",

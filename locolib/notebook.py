@@ -15,6 +15,11 @@ from locolib.results import RESULTS_ENV
 
 PROFILES = ("smoke", "default", "gpu")
 
+# The width of the book's figures in inches: at 100 dpi, with the inline backend's small margin,
+# they fit the text column (676 px of content at a 1280 px window) unscaled, so their fonts are
+# shown at the size they were drawn at.
+FIGURE_WIDTH = 6.6
+
 
 def choose_profile(profiles: Mapping[str, Mapping[str, Any]], profile: str) -> dict[str, Any]:
     """Return the settings of ``profile`` from a notebook's ``profiles`` literal.
@@ -48,12 +53,12 @@ def glue(name: str, value: Any) -> Any:
 
 def book_style(threads: int | None = None) -> None:
     """Settings every chapter starts with: figures drawn at the width of the book's text column
-    (7.5 inches at 100 dpi) with fonts of at least 9 pt there, pandas tables with 3 decimals, and
+    (``FIGURE_WIDTH`` inches at 100 dpi) with fonts of at least 9 pt there, pandas tables with 3 decimals, and
     ``threads`` torch CPU threads (None: torch's default)."""
     import matplotlib.pyplot as plt  # noqa: PLC0415 -- only a chapter needs it
     import pandas as pd  # noqa: PLC0415
 
-    plt.rcParams.update({"figure.figsize": (7.5, 3.6), "figure.dpi": 100, "font.size": 10,
+    plt.rcParams.update({"figure.figsize": (FIGURE_WIDTH, 3.6), "figure.dpi": 100, "font.size": 10,
                          "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
                          "ytick.labelsize": 9, "legend.fontsize": 9})
     pd.set_option("display.precision", 3)

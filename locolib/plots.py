@@ -27,7 +27,7 @@ def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Seq
         if len(v) > 1:
             half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
             ax.errorbar(x + 0.18, v.mean(), yerr=half, fmt="s", color="black", capsize=4, zorder=3)
-    ax.set_xticks(range(len(arms)), labels or arms, fontsize=8)
+    ax.set_xticks(range(len(arms)), labels or arms)
     ax.set_xlim(-0.4, len(arms) - 0.4)
 
 

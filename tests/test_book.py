@@ -202,6 +202,7 @@ def test_chapter_reads_well_in_a_browser(page: str, smoke_book: Path, served: st
         assert len(images) >= made, f"{page}: the notebook made {made} figures, the page shows {len(images)}"
     if page.startswith("notebooks/"):
         check_the_readers_view(page, browser)
+        check_figures_are_legible(page, browser)
     screenshot(browser, smoke_book.parent / "screenshots" / f"{page.replace('/', '_')}.png")
 
 
@@ -232,6 +233,53 @@ def check_the_readers_view(page: str, browser) -> None:
         ".map(t => [t.scrollWidth, column, t.textContent.trim().slice(0, 60)]);"
     )
     assert not too_wide, f"{page}: tables wider than the text column: {too_wide}"
+
+
+# book_style draws a figure locolib.notebook.FIGURE_WIDTH (6.6 in) wide at 100 dpi: about 670 px
+# with the inline backend's margin, which the 676 px text column at 1280 px shows unscaled, so
+# that its 9 pt fonts stay 9 pt. A figure of 7.5 in is shown at 89%, one of 10 in at 67%.
+MIN_FIGURE_SCALE = 0.95
+
+
+def figure_problems(images: list[tuple[str, int, float]], column: float) -> list[str]:
+    """What is wrong with a page's figures, given each one's (src, width of the saved image in
+    px, width it is shown at in px) and the text column's width in px: a figure wider than the
+    column, or one shown so much smaller than it was saved that its fonts shrink below
+    ``MIN_FIGURE_SCALE`` of their size (a 9 pt label under 9 pt). A figure in a folded output
+    is shown at width 0; unfolded it gets its own width, at most the column's."""
+    problems = []
+    for src, natural, rendered in images:
+        name = src.rsplit("/", 1)[-1]
+        shown = rendered or min(natural, column)
+        if shown > column + 1:
+            problems.append(f"{name} is shown {shown:.0f} px wide in a {column:.0f} px column")
+        elif shown < MIN_FIGURE_SCALE * natural:
+            problems.append(f"{name} was saved {natural} px wide and is shown at {shown:.0f} px: its fonts "
+                            f"shrink to {shown / natural:.0%} (draw it at the column width, book_style())")
+    return problems
+
+
+def test_figure_problems_finds_wide_and_squeezed_figures():
+    assert figure_problems([("a.png", 671, 671.0), ("b.png", 600, 600.0), ("c.png", 671, 0.0)], 676) == []
+    squeezed = figure_problems([("_images/wide.png", 1390, 676.0)], 676)
+    assert len(squeezed) == 1 and "wide.png" in squeezed[0] and "49%" in squeezed[0]
+    assert len(figure_problems([("a 7.5 in figure", 761, 676.0)], 676)) == 1
+    assert len(figure_problems([("folded.png", 1800, 0.0)], 676)) == 1  # folded: judged as unfolded
+    assert "column" in figure_problems([("over.png", 900, 900.0)], 676)[0]
+
+
+def check_figures_are_legible(page: str, browser) -> None:
+    """Every figure of the page fits the text column and is shown at (nearly) the size it was
+    drawn at, so that its fonts keep the size book_style() gave them."""
+    column, images = browser.execute_script(  # the column: the article's width less its padding
+        "const a = document.querySelector('article'), s = getComputedStyle(a);"
+        "const column = a.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);"
+        "return [column, Array.from(document.querySelectorAll('article img'))"
+        ".map(i => [i.src, i.naturalWidth, i.getBoundingClientRect().width])];"
+    )
+    assert column > 0, f"{page}: no text column"
+    problems = figure_problems([tuple(i) for i in images], column)
+    assert not problems, f"{page}: figures a reader cannot read at the column width:\n" + "\n".join(problems)
 
 
 def screenshot(browser, path: Path) -> None:

@@ -12,6 +12,7 @@ from locolib import inspection as ins
 from locolib import locality as lo
 from locolib.config import RunConfig
 from locolib.kernels import weight_stats
+from locolib.notebook import FIGURE_WIDTH
 from locolib.train import train
 
 torch.set_num_threads(1)
@@ -165,6 +166,20 @@ def test_layer_locality_of_records():
     assert by_layer["coverage n/co"].iloc[0] == pytest.approx(large["n"] / large["co"])
     fig = ins.plot_layer_locality(by_layer, {"vgg13": "VGG13"})
     assert [ax.get_title() for ax in fig.axes] == [f"{c} |w| per layer, L2 runs" for c in ("m(c,n)", "m(n,co)")]
+    # Legible at the column width: drawn at its width, one 9 pt label per map width (not per layer).
+    assert fig.get_figwidth() == FIGURE_WIDTH
+    labels = [t for t in fig.axes[0].texts]
+    assert [t.get_text() for t in labels] == ["32", "16", "8", "4", "2"]
+    assert min(t.get_fontsize() for t in labels) >= 9
+
+
+def test_position_profiles_are_drawn_without_numbers_at_the_column_width():
+    maps = {"L2": [np.eye(3)] * 4, "LOCO": [np.ones((3, 3))] * 4}
+    fig = ins.plot_position_profiles(maps, ["1", "2", "3", "4"], "viridis", 0, 1, "mean |w|")
+    assert fig.get_figwidth() == FIGURE_WIDTH
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 8 and not any(ax.texts for ax in panels)  # numbers at 60 px are unreadable
+    assert [ax.get_ylabel() for ax in panels[::4]] == ["L2", "LOCO"]
 
 
 def test_run_layers_knows_kinds_padding_and_ratios():
