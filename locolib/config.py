@@ -210,6 +210,19 @@ class RunConfig:
                              "locolib? upgrade it)")
         return cls(**d)
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RunConfig:
+        """The config of a training ``record`` (chapters 05-07). A field this locolib does not
+        know is dropped when the record's key shows it held its default (a newer locolib's record
+        of a run this one computes alike); otherwise ValueError."""
+        d = record["config"]
+        unknown = sorted(set(d) - set(config_fields()))
+        config = cls(**{k: v for k, v in d.items() if k not in unknown})
+        if unknown and config.key != record.get("key"):
+            raise ValueError(f"unknown RunConfig fields {unknown} away from their defaults "
+                             "(written by a newer locolib? upgrade it)")
+        return config
+
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 

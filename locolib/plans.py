@@ -462,7 +462,7 @@ def arm_frame(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = No
     rows = []
     for a in arms:
         for rec in finished_records(a.configs(s.dataset, s.protocol), results_dir):
-            cfg = RunConfig.from_dict(rec["config"])
+            cfg = RunConfig.from_record(rec)
             rows.append({"arm": a.name, "reference": a.reference, "purpose": a.purpose,
                          "network": a.network, "seed": cfg.seed, "lam": cfg.lam,
                          "dose": regularization_dose(cfg, rec["n_train"]),
@@ -685,7 +685,7 @@ def mechanism_frame(plan: Preregistration, results_dir: str | Path | None = None
     rows = []
     for a in s.arms:
         for rec in finished_records(a.configs(s.dataset, s.protocol), results_dir):
-            cfg = RunConfig.from_dict(rec["config"])
+            cfg = RunConfig.from_record(rec)
             rows.append({"regularizer": a.purpose, "lam": cfg.lam, "seed": cfg.seed,
                          "test_error": rec["final"]["test_error"],
                          "val_error": rec["final"]["val_error"],

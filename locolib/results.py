@@ -139,7 +139,7 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
     if rec.get("key") != expected:
         raise InvalidRecord(path, f"holds run {rec.get('key')!r}, not {expected!r}")
     try:
-        own_key = RunConfig.from_dict(rec["config"]).key
+        own_key = RunConfig.from_record(rec).key
     except (KeyError, TypeError, ValueError) as err:
         raise InvalidRecord(path, f"its config is not one this code reads ({err})") from None
     if own_key != expected:

@@ -98,6 +98,14 @@ def test_config_validation_and_roundtrip():
         RunConfig.from_dict({**cfg.to_dict(), "colour": "red"})
 
 
+def test_a_newer_records_field_at_its_default_is_read_and_one_set_otherwise_is_refused():
+    cfg = RunConfig("digits", "vgg13", "loco", 3, eta=2)
+    newer = {"config": {**cfg.to_dict(), "colour": "red"}, "key": cfg.key}  # key: colour held its default
+    assert RunConfig.from_record(newer) == cfg
+    with pytest.raises(ValueError, match=r"unknown RunConfig fields \['colour'\] away from"):
+        RunConfig.from_record({**newer, "key": cfg.replace(seed=4).key})  # colour entered the key
+
+
 def test_key_is_stable_and_covers_what_changes_results():
     cfg = RunConfig("cifar10", "vgg13", "l2", 0)
     # Pinned: changing the key format would orphan every stored result.
