@@ -426,7 +426,9 @@ def provenance(device: Any) -> dict[str, Any]:
     return {
         "versions": versions,
         "device": {"type": dev.type, "name": _device_name(dev),
-                   "torch_threads": torch.get_num_threads()},
+                   "torch_threads": torch.get_num_threads(),
+                   # the CPU kernels' instruction set (ATEN_CPU_CAPABILITY pins it): their bits differ
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "host": {"pid": os.getpid(), "platform": platform.platform(),
                  "executable": sys.executable},
         "git": git_commit(),

@@ -115,6 +115,20 @@ def test_the_hypotheses_name_arms_of_the_plan_and_one_primary_family():
                for h in plan.hypotheses)
 
 
+def test_the_amendment_continues_the_grid_and_the_retrain_repeats_committed_runs():
+    plan, ext, retrain = plans.MECHANISM, plans.MECHANISM_EXTENSION, plans.MECHANISM_RETRAIN
+    assert ext.lams[0] / plan.lams[-1] == pytest.approx(10 ** 0.5, rel=1e-3)
+    assert ext.lams[1] / ext.lams[0] == pytest.approx(10 ** 0.5, rel=1e-3)
+    assert set(ext.regularizers) == {"strong_locality", "strong_anti_locality"}
+    assert [h.name for h in ext.hypotheses] == ["H4", "H5", "H6"] and ext.seeds == plan.seeds
+    keys = {c.key for c in plan.study.configs()}
+    assert not keys & {c.key for c in ext.study.configs()}
+    assert dict(ext.study.protocol) == dict(retrain.study.protocol) == dict(plan.study.protocol)
+    again = retrain.study.configs()
+    assert {c.key for c in again} <= keys and len(again) == 2 * len(plan.lams) * len(plan.seeds)
+    assert set(retrain.regularizers) == set(retrain.hypotheses[0].contrast) == {"l2", "loco"}
+
+
 def test_the_mechanism_summary_gives_runs_time_and_families():
     assert plans.MECHANISM.summary() == (
         "6 regularizers x 6 lams x 12 seeds = 432 runs, about 4.8 CPU-hours on one thread "
