@@ -27,7 +27,7 @@ from locolib.kernels import stars
 
 __all__ = ["paired", "welch", "minimum_detectable_effect", "holm", "benjamini_hochberg", "paired_table",
            "reader_table", "verdict", "compare", "best_lams", "lam_curves", "contrast_table",
-           "convergence"]
+           "convergence", "realized_matched", "retrain_differences"]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
@@ -235,38 +235,88 @@ def lam_curves(frame: pd.DataFrame) -> pd.DataFrame:
     return out.assign(n=g.size()).reset_index()
 
 
+def _paired_contrast(frame: pd.DataFrame, a: str, lam_a: float, b: str, lam_b: float,
+                     value: str, scale: float, confidence: float) -> dict:
+    """Regularizer ``a`` at ``lam_a`` against ``b`` at ``lam_b``, paired over their shared seeds:
+    n, difference (a - b, times ``scale``), its t interval and the two-sided paired t-test's p."""
+    runs = [frame[(frame.regularizer == r) & (frame.lam == lam)].set_index("seed")[value]
+            for r, lam in ((a, lam_a), (b, lam_b))]
+    seeds = sorted(set(runs[0].index) & set(runs[1].index))
+    if len(seeds) < 2:
+        raise ValueError(f"{a} at lam {lam_a:g} and {b} at lam {lam_b:g} share {len(seeds)} seed(s)")
+    x, y = (scale * r.loc[seeds].to_numpy(float) for r in runs)
+    res = stats.ttest_rel(x, y)
+    ci = res.confidence_interval(confidence)
+    return {"a": a, "b": b, "lam_a": lam_a, "lam_b": lam_b, "n": len(seeds),
+            "difference": float((x - y).mean()), "ci_low": float(ci.low),
+            "ci_high": float(ci.high), "p": float(res.pvalue)}
+
+
 def contrast_table(frame: pd.DataFrame, hypotheses: Sequence, best: pd.Series,
                    alpha: float = 0.05, value: str = "test_error", scale: float = 100.0,
                    confidence: float = 0.95) -> pd.DataFrame:
-    """The pre-registered contrasts: for each hypothesis (``name``, ``contrast = (a, b)``,
-    ``direction`` "less" or "greater" for the expected sign of a - b, ``family``), arm a at its
-    best lam against arm b at its (``best``, :func:`best_lams`), paired over their shared seeds
-    on ``value`` times ``scale`` (percentage points). Columns: hypothesis, family, a, b, lam_a,
-    lam_b, n, difference (a - b) with its t interval (ci_low, ci_high), p (two-sided paired t,
-    scipy.stats.ttest_rel), p_holm (:func:`holm` within the family) and verdict: "supported"
-    (p_holm < alpha, expected sign), "contradicted" (p_holm < alpha, the other sign) or
-    "undetermined"."""
+    """The pre-registered contrasts (chapter 05): for each hypothesis (``name``,
+    ``contrast = (a, b)``, ``direction`` "less" or "greater" for the expected sign of a - b,
+    ``family``), arm a at its best lam against arm b at its (``best``, :func:`best_lams`), paired
+    over their shared seeds on ``value`` times ``scale`` (percentage points). Columns:
+    hypothesis, family, a, b, lam_a, lam_b, n, direction, difference (a - b) with its t interval
+    (ci_low, ci_high), p (two-sided paired t, scipy.stats.ttest_rel), p_holm (:func:`holm` within
+    the family) and verdict: "supported" (p_holm < alpha, expected sign), "contradicted"
+    (p_holm < alpha, the other sign) or "undetermined"."""
     rows = []
     for h in hypotheses:
         a, b = h.contrast
-        runs = [frame[(frame.regularizer == r) & (frame.lam == best[r])].set_index("seed")[value]
-                for r in (a, b)]
-        seeds = sorted(set(runs[0].index) & set(runs[1].index))
-        if len(seeds) < 2:
-            raise ValueError(f"{h.name}: {a} and {b} share {len(seeds)} seed(s) at their best lam")
-        x, y = (scale * r.loc[seeds].to_numpy(float) for r in runs)
-        res = stats.ttest_rel(x, y)
-        ci = res.confidence_interval(confidence)
-        rows.append({"hypothesis": h.name, "family": h.family, "a": a, "b": b,
-                     "lam_a": best[a], "lam_b": best[b], "n": len(seeds),
-                     "direction": h.direction, "difference": float((x - y).mean()),
-                     "ci_low": float(ci.low), "ci_high": float(ci.high), "p": float(res.pvalue)})
-    out = pd.DataFrame(rows)
+        rows.append({"hypothesis": h.name, "family": h.family, "direction": h.direction,
+                     **_paired_contrast(frame, a, best[a], b, best[b], value, scale, confidence)})
+    out = pd.DataFrame(rows)[["hypothesis", "family", "a", "b", "lam_a", "lam_b", "n", "direction",
+                              "difference", "ci_low", "ci_high", "p"]]
     out["p_holm"] = out.groupby("family")["p"].transform(lambda p: holm(p.to_numpy()))
     expected = np.where(out.direction == "less", out.difference < 0, out.difference > 0)
     out["verdict"] = np.where(out.p_holm >= alpha, "undetermined",
                               np.where(expected, "supported", "contradicted"))
     return out
+
+
+def realized_matched(frame: pd.DataFrame, best: pd.Series, reference: str = "l2",
+                     value: str = "test_error", scale: float = 100.0,
+                     confidence: float = 0.95) -> pd.DataFrame:
+    """Contrasts matched on realized decay (chapter 05, exploratory): each regularizer at the
+    lam of its grid whose *effective* lam (lam times the mean realized factor ``realized_sq``,
+    the L2 lam with the same penalty on the same weights) lies nearest, on a log scale, to
+    ``reference``'s best lam, against ``reference`` at its best, paired over shared seeds.
+    Columns as :func:`contrast_table`'s, plus effective_lam_a, and p_bh: Benjamini-Hochberg
+    over the table's rows (one exploratory family)."""
+    mean = frame.groupby(["regularizer", "lam"]).realized_sq.mean().reset_index()
+    mean["effective_lam"] = mean.lam * mean.realized_sq
+    target = best[reference]
+    rows = []
+    for r, grid in mean[mean.regularizer != reference].groupby("regularizer", sort=False):
+        near = grid.loc[(np.log(grid.effective_lam) - math.log(target)).abs().idxmin()]
+        rows.append({**_paired_contrast(frame, r, near.lam, reference, target, value, scale,
+                                        confidence), "effective_lam_a": near.effective_lam})
+    out = pd.DataFrame(rows)
+    out["p_bh"] = benjamini_hochberg(out.p.to_numpy())
+    return out
+
+
+def retrain_differences(committed: pd.DataFrame, retrained: pd.DataFrame,
+                        value: str = "test_error", scale: float = 100.0) -> pd.DataFrame:
+    """Run by run, a retrain against the committed records (chapter 05): per regularizer and
+    lam, and over all (``lam`` NaN), the runs both have (matched on ``key``), how many are
+    identical in ``value``, and the differences retrained - committed (times ``scale``): mean,
+    standard deviation and largest absolute."""
+    both = committed.merge(retrained[["key", value]], on="key", suffixes=("", "_retrained"))
+    both["diff"] = scale * (both[f"{value}_retrained"] - both[value])
+
+    def summary(g: pd.DataFrame) -> pd.Series:
+        return pd.Series({"n": len(g), "identical": int((g["diff"] == 0).sum()),
+                          "mean_diff": g["diff"].mean(), "sd_diff": g["diff"].std(ddof=1),
+                          "max_abs_diff": g["diff"].abs().max()})
+
+    groups = [summary(g).rename((r, lam)) for (r, lam), g in both.groupby(["regularizer", "lam"])]
+    table = pd.DataFrame([*groups, summary(both).rename(("all", np.nan))])
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["regularizer", "lam"])
+    return table.astype({"n": int, "identical": int})
 
 
 def convergence(frame: pd.DataFrame, by: Sequence[str] = ("regularizer", "lam"),

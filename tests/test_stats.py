@@ -157,3 +157,34 @@ def test_contrasts_pair_seeds_at_each_arms_own_lam_and_adjust_within_families():
     assert t.p_holm[:2].tolist() == pytest.approx(holm(t.p[:2]).tolist())
     assert t.p_holm[2] == pytest.approx(t.p[2])  # a family of one
     assert t.verdict.tolist()[:2] == ["supported", "contradicted"]
+
+
+def test_realized_matching_picks_the_lam_of_nearest_effective_decay():
+    from locolib.stats import realized_matched
+
+    rows = []
+    for s in range(4):
+        rows.append({"regularizer": "l2", "lam": 0.01, "seed": s, "realized_sq": 1.0,
+                     "test_error": 0.030 + 0.001 * s})
+        for lam, realized in ((0.01, 0.2), (0.05, 0.25), (0.5, 0.2)):  # effective 0.002, 0.0125, 0.1
+            rows.append({"regularizer": "m", "lam": lam, "seed": s, "realized_sq": realized,
+                         "test_error": 0.020 + 0.002 * s + lam})
+    t = realized_matched(pd.DataFrame(rows), pd.Series({"l2": 0.01, "m": 0.5}))
+    assert len(t) == 1 and t.lam_a[0] == 0.05 and t.effective_lam_a[0] == pytest.approx(0.0125)
+    a = np.array([0.070 + 0.002 * s for s in range(4)]) * 100
+    b = np.array([0.030 + 0.001 * s for s in range(4)]) * 100
+    assert t.difference[0] == pytest.approx((a - b).mean())
+    assert t.p[0] == pytest.approx(st.ttest_rel(a, b).pvalue) and t.p_bh[0] == pytest.approx(t.p[0])
+
+
+def test_retrain_differences_match_runs_by_key():
+    from locolib.stats import retrain_differences
+
+    committed = pd.DataFrame({"regularizer": ["l2", "l2", "loco"], "lam": [0.1, 0.1, 0.1],
+                              "key": ["a", "b", "c"], "test_error": [0.02, 0.03, 0.04]})
+    retrained = pd.DataFrame({"key": ["c", "b", "a", "z"], "test_error": [0.04, 0.035, 0.02, 0.5]})
+    t = retrain_differences(committed, retrained)
+    assert t.loc[("l2", 0.1)].tolist() == pytest.approx([2, 1, 0.25, math.sqrt(0.125), 0.5])
+    assert t.loc[("loco", 0.1), "identical"] == 1
+    overall = t.xs("all", level="regularizer").iloc[0]
+    assert overall.n == 3 and overall.identical == 2 and overall.max_abs_diff == pytest.approx(0.5)
