@@ -59,6 +59,7 @@ __all__ = ["Arm", "Study", "STUDIES", "GROUPS", "PAPER_TABLE5", "paper_table5", 
            "pairs_to_detect", "FEATURE_MAP_RUNS", "feature_map_configs", "KERNEL5_STUDIES", "study", "run_study",
            "arm_frame", "arm_history", "main", "Hypothesis", "Preregistration", "SeededSplitArm",
            "MECHANISM", "MECHANISM_SMOKE", "MECHANISM_EXTENSION", "MECHANISM_RETRAIN", "RETRAIN_DIR",
+           "MECHANISM_STUDIES",
            "PREREGISTERED", "mechanism_frame"]
 
 PAPER_LAM = 5e-4
@@ -666,38 +667,54 @@ def _mechanism(profile: str, dataset: str, protocol: Mapping[str, Any], lams: Se
     return Preregistration(study, regs, tuple(lams), tuple(seeds), tested, seconds_per_run)
 
 
-#: The default study's protocol for mnist5k VGG13 (30 epochs, batch 64, lr 0.1, width 1/8, pad
-#: 2, no flips) with half of the 4,000 held-out images as validation set (200 per class).
-#: seconds_per_run: median 34.8 s (setup and training) of the default study's 130 mnist5k VGG13
-#: records, Intel Xeon, one thread; 40 s leaves room for the validation evaluations.
-MECHANISM = _mechanism("mechanism", "mnist5k", {**STUDIES["default"].protocol, "validation": 2000},
-                       MECHANISM_LAMS, MECHANISM_SEEDS, 40.0)
-#: The same code paths in seconds: digits, 1 epoch on 128 images, two lams, two seeds.
-MECHANISM_SMOKE = _mechanism("mechanism_smoke", "digits",
-                             {**STUDIES["smoke"].protocol, "epochs": 1, "train_subset": 128,
-                              "width": 0.0625, "validation": 250},
-                             MECHANISM_LAMS[::5], MECHANISM_SEEDS[:2], 1.0)
-#: An amendment, declared after the first six seeds of MECHANISM had been read: the validation
-#: error of strong locality and strong anti-locality still falls at the grid's largest lam, so
-#: their best lam may lie beyond it. The same grid continued (x 10 ** 0.5: 0.5 and 1.581) for
-#: those two, on the same seeds. MECHANISM alone stays the pre-registered analysis; chapter 05
-#: shows H4-H6 on the extended grid beside it, as a sensitivity analysis.
-MECHANISM_EXTENSION = _mechanism("mechanism_extension", "mnist5k", MECHANISM.study.protocol,
-                                 (0.5, 1.581), MECHANISM_SEEDS, 40.0,
-                                 labels=("strong_locality", "strong_anti_locality"),
-                                 hypotheses=("H4", "H5", "H6"))
-#: The retrain: H1's two regularizers along the whole grid, every seed, trained again on the CPU
-#: kernels of another instruction set, as on another x86 CPU (``ATEN_CPU_CAPABILITY=avx2``, see
-#: book/running.md), into ``results/<RETRAIN_DIR>``. Chapter 05 reruns its asserts with these
-#: records in place of the committed ones and compares the two record by record.
-MECHANISM_RETRAIN = _mechanism("mechanism_retrain", "mnist5k", MECHANISM.study.protocol,
-                               MECHANISM_LAMS, MECHANISM_SEEDS, 40.0, labels=("l2", "loco"),
-                               hypotheses=("H1",))
+def _mechanism_studies(profile: str, dataset: str, protocol: Mapping[str, Any],
+                       lams: Sequence[float], extra_lams: Sequence[float], seeds: Sequence[int],
+                       seconds_per_run: float) -> tuple[Preregistration, Preregistration,
+                                                        Preregistration]:
+    """The pre-registered sweep ``profile``, its amendment (``<profile>_extension``: the strong
+    masks at ``extra_lams``, testing H4-H6 again) and its retrain (``<profile>_retrain``: H1's
+    two regularizers along the whole grid again)."""
+    return (_mechanism(profile, dataset, protocol, lams, seeds, seconds_per_run),
+            _mechanism(f"{profile}_extension", dataset, protocol, extra_lams, seeds,
+                       seconds_per_run, labels=("strong_locality", "strong_anti_locality"),
+                       hypotheses=("H4", "H5", "H6")),
+            _mechanism(f"{profile}_retrain", dataset, protocol, lams, seeds, seconds_per_run,
+                       labels=("l2", "loco"), hypotheses=("H1",)))
+
+
+#: MECHANISM: the default study's protocol for mnist5k VGG13 (30 epochs, batch 64, lr 0.1,
+#: width 1/8, pad 2, no flips) with half of the 4,000 held-out images as validation set (200 per
+#: class). seconds_per_run: median 34.8 s (setup and training) of the default study's 130
+#: mnist5k VGG13 records, Intel Xeon, one thread; 40 s leaves room for the validation evaluations.
+#:
+#: MECHANISM_EXTENSION, an amendment declared after the first six seeds of MECHANISM had been
+#: read: the validation error of strong locality and strong anti-locality still falls at the
+#: grid's largest lam, so their best lam may lie beyond it. The same grid continued (x 10 ** 0.5:
+#: 0.5 and 1.581) for those two, on the same seeds. MECHANISM alone stays the pre-registered
+#: analysis; chapter 05 shows H4-H6 on the extended grid beside it, as a sensitivity analysis.
+#:
+#: MECHANISM_RETRAIN: H1's two regularizers along the whole grid, every seed, trained again on the
+#: CPU kernels of another instruction set, as on another x86 CPU (``ATEN_CPU_CAPABILITY=avx2``,
+#: see book/running.md), into ``results/<RETRAIN_DIR>``. Chapter 05 tests its hypotheses again
+#: with these records in place of the committed ones and compares the two run by run.
+MECHANISM, MECHANISM_EXTENSION, MECHANISM_RETRAIN = _mechanism_studies(
+    "mechanism", "mnist5k", {**STUDIES["default"].protocol, "validation": 2000},
+    MECHANISM_LAMS, (0.5, 1.581), MECHANISM_SEEDS, 40.0)
+#: The same code paths in seconds: digits, 1 epoch on 128 images, two lams (and one more for the
+#: amendment), two seeds.
+MECHANISM_SMOKE, _SMOKE_EXTENSION, _SMOKE_RETRAIN = _mechanism_studies(
+    "mechanism_smoke", "digits", {**STUDIES["smoke"].protocol, "epochs": 1, "train_subset": 128,
+                                  "width": 0.0625, "validation": 250},
+    MECHANISM_LAMS[::5], (0.5,), MECHANISM_SEEDS[:2], 1.0)
 RETRAIN_DIR = "retrain-avx2"
-#: The pre-registered studies (and their amendment and retrain) by profile;
+#: Chapter 05's mechanism studies per chapter profile: (pre-registered, amendment, retrain).
+MECHANISM_STUDIES: dict[str, tuple[Preregistration, Preregistration, Preregistration]] = {
+    "default": (MECHANISM, MECHANISM_EXTENSION, MECHANISM_RETRAIN),
+    "smoke": (MECHANISM_SMOKE, _SMOKE_EXTENSION, _SMOKE_RETRAIN)}
+#: Every pre-registered study, amendment and retrain by profile;
 #: ``python -m locolib.plans mechanism`` trains one.
 PREREGISTERED: dict[str, Preregistration] = {
-    p.study.profile: p for p in (MECHANISM, MECHANISM_SMOKE, MECHANISM_EXTENSION, MECHANISM_RETRAIN)}
+    p.study.profile: p for studies in MECHANISM_STUDIES.values() for p in studies}
 STUDIES.update({name: p.study for name, p in PREREGISTERED.items()})
 
 

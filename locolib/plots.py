@@ -1,4 +1,4 @@
-"""Figures shared by the training chapters (05 and 06)."""
+"""Figures of the training chapters (05 and 06)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from scipy import stats
 
-__all__ = ["paired_strip", "learning_curves"]
+__all__ = ["paired_strip", "learning_curves", "lam_curves"]
 
 
 def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Sequence[str] | None = None,
@@ -40,3 +41,25 @@ def learning_curves(ax: Axes, history: pd.DataFrame, arms: dict[str, str], colum
         line, = ax.plot(curve.index, curve["mean"], "-o", ms=3, label=label)
         ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")
+
+
+def lam_curves(fig: Figure, curves: pd.DataFrame, best: pd.Series, labels: dict[str, str]) -> None:
+    """Chapter 05's whole curves, one line per regularizer (``labels``: regularizer -> legend
+    text) against lam: validation and test error (mean +- standard error over seeds, the best lam
+    by validation ringed), and the realized decay factor. ``curves``: :func:`locolib.stats.lam_curves`."""
+    axes = fig.subplots(1, 3, sharex=True)
+    columns = [("val_error", "validation error (%)", 100), ("test_error", "test error (%)", 100),
+               ("realized_sq", "realized factor of $\\lambda$", 1)]
+    for ax, (column, title, scale) in zip(axes, columns):
+        for r, label in labels.items():
+            c = curves[curves.regularizer == r]
+            line = ax.errorbar(c.lam, scale * c[f"{column}_mean"], yerr=scale * c[f"{column}_sem"],
+                               marker="o", ms=3, capsize=2, label=label).lines[0]
+            at = c[c.lam == best[r]]
+            ax.plot(at.lam, scale * at[f"{column}_mean"], "o", ms=9, mfc="none",
+                    color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("$\\lambda$")
+        ax.set_title(title)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
