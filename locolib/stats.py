@@ -27,7 +27,8 @@ from locolib.kernels import stars
 
 __all__ = ["paired", "welch", "minimum_detectable_effect", "holm", "benjamini_hochberg", "paired_table",
            "reader_table", "verdict", "compare", "best_lams", "lam_curves", "contrast_table",
-           "convergence", "realized_matched", "retrain_differences"]
+           "convergence", "realized_matched", "retrain_differences", "best_lam_table",
+           "reader_contrasts"]
 
 
 def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
@@ -275,6 +276,43 @@ def contrast_table(frame: pd.DataFrame, hypotheses: Sequence, best: pd.Series,
     out["verdict"] = np.where(out.p_holm >= alpha, "undetermined",
                               np.where(expected, "supported", "contradicted"))
     return out
+
+
+def best_lam_table(frame: pd.DataFrame, best: pd.Series, threshold: float = 0.99) -> pd.DataFrame:
+    """Each regularizer at its best lam (chapter 05): the lam, the runs, mean validation and test
+    error (%), the mean realized factor and effective lam (lam times it: the L2 lam with the
+    same penalty on the same weights), and the runs ending below ``threshold`` clean training
+    accuracy."""
+    at = frame[frame.lam == frame.regularizer.map(best)]
+    g = at.groupby("regularizer", sort=False)
+    out = pd.DataFrame({"lam": g.lam.first(), "n": g.size(),
+                        "val_error_pct": 100 * g.val_error.mean(),
+                        "test_error_pct": 100 * g.test_error.mean(),
+                        "realized": g.realized_sq.mean(),
+                        "below_threshold": g.clean_train_acc.apply(lambda a: int((a < threshold).sum()))})
+    out.insert(5, "effective_lam", out.lam * out.realized)
+    return out
+
+
+def reader_contrasts(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`contrast_table` (or :func:`realized_matched`) formatted to fit a page (chapter
+    05): per contrast a - b, both lams, both mean realized factors (from ``frame``), n, the
+    difference in percentage points with its 95% interval, raw p and, where the table has them,
+    the Holm-adjusted p (or Benjamini-Hochberg's) and the verdict."""
+    realized = frame.groupby(["regularizer", "lam"]).realized_sq.mean()
+    out = pd.DataFrame({
+        "a - b": [f"{a} - {b}".replace("_", " ") for a, b in zip(table.a, table.b)],
+        "lam a, b": [f"{x:.3g}, {y:.3g}" for x, y in zip(table.lam_a, table.lam_b)],
+        "realized a, b": [f"{realized[a, x]:.2f}, {realized[b, y]:.2f}"
+                          for a, b, x, y in zip(table.a, table.b, table.lam_a, table.lam_b)],
+        "n": table.n.to_numpy(),
+        "difference, pp [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi
+                                    in zip(table.difference, table.ci_low, table.ci_high)],
+        "p": [f"{p:.2g}" for p in table.p]})
+    for column, name in (("p_holm", "p (Holm)"), ("p_bh", "p (BH)"), ("verdict", "verdict")):
+        if column in table:
+            out[name] = [v if isinstance(v, str) else f"{v:.2g}" for v in table[column]]
+    return out.set_index(table.hypothesis.to_numpy()) if "hypothesis" in table else out
 
 
 def realized_matched(frame: pd.DataFrame, best: pd.Series, reference: str = "l2",

@@ -188,3 +188,23 @@ def test_retrain_differences_match_runs_by_key():
     assert t.loc[("loco", 0.1), "identical"] == 1
     overall = t.xs("all", level="regularizer").iloc[0]
     assert overall.n == 3 and overall.identical == 2 and overall.max_abs_diff == pytest.approx(0.5)
+
+
+def test_best_lam_table_and_reader_contrasts_read_each_regularizer_at_its_lam():
+    from locolib.stats import best_lam_table, contrast_table, reader_contrasts
+
+    class H:
+        name, contrast, direction, family = "H1", ("loco", "l2"), "less", "primary"
+
+    rows = [{"regularizer": r, "lam": lam, "seed": s, "val_error": 0.02 + lam, "test_error": 0.03 + lam,
+             "realized_sq": q, "clean_train_acc": 0.98 if s == 0 else 1.0}
+            for r, q in (("l2", 1.0), ("loco", 0.5)) for lam in (0.01, 0.1) for s in range(3)]
+    frame = pd.DataFrame(rows)
+    frame.loc[(frame.regularizer == "loco") & (frame.seed == 1), "test_error"] += 0.001
+    best = pd.Series({"l2": 0.01, "loco": 0.1})
+    t = best_lam_table(frame, best)
+    assert t.loc["loco"].tolist() == pytest.approx([0.1, 3, 12.0, 13.0 + 0.1 / 3, 0.5, 0.05, 1])
+    shown = reader_contrasts(contrast_table(frame, [H()], best), frame)
+    assert list(shown.index) == ["H1"] and shown.loc["H1", "realized a, b"] == "0.50, 1.00"
+    assert shown.loc["H1", "lam a, b"] == "0.1, 0.01" and shown.loc["H1", "n"] == 3
+    assert shown.loc["H1", "difference, pp [95% CI]"].startswith("+9.03")
