@@ -49,8 +49,8 @@ from scipy import stats as st
 from locolib import cluster
 from locolib.config import LOCO_DEFAULT, RunConfig
 from locolib.data import dataset_spec
-from locolib.reg import realized_factor, table6_loco_params
-from locolib.results import finished_records, history_frame
+from locolib.reg import table6_loco_params
+from locolib.results import RECORD_COLUMNS, finished_records, history_frame, record_row
 from locolib.stats import minimum_detectable_effect
 from locolib.sweep import print_status, run_sweep
 from locolib.train import check_device, dose_matched_lam, paper_dose, regularization_dose
@@ -458,24 +458,13 @@ def run_study(profile: str, results_dir: str | Path | None = None,
 
 
 def arm_frame(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = None) -> pd.DataFrame:
-    """One row per finished run of ``arms``: arm, reference, purpose, network, seed, lam,
-    regularization dose, test error, final training accuracy (running, on augmented batches,
-    and on the clean training images), wall time, device, git commit and key. Trains nothing."""
-    rows = []
-    for a in arms:
-        for rec in finished_records(a.configs(s.dataset, s.protocol), results_dir):
-            cfg = RunConfig.from_record(rec)
-            rows.append({"arm": a.name, "reference": a.reference, "purpose": a.purpose,
-                         "network": a.network, "seed": cfg.seed, "lam": cfg.lam,
-                         "dose": regularization_dose(cfg, rec["n_train"]),
-                         "test_error": rec["final"]["test_error"],
-                         "train_acc": rec["final"]["train_acc"],
-                         "clean_train_acc": rec["final"]["clean_train_acc"],
-                         "total_s": rec["timing"]["total_s"], "device": rec["device"]["name"],
-                         "git_commit": (rec.get("git") or {}).get("commit"), "key": rec["key"]})
-    return pd.DataFrame(rows, columns=["arm", "reference", "purpose", "network", "seed", "lam",
-                                       "dose", "test_error", "train_acc", "clean_train_acc",
-                                       "total_s", "device", "git_commit", "key"])
+    """One row per finished run of ``arms`` (chapters 05-06): arm, reference and purpose, the
+    columns of :func:`locolib.results.record_row` and the regularization dose
+    (:func:`locolib.train.regularization_dose`). Trains nothing."""
+    rows = [{"arm": a.name, "reference": a.reference, "purpose": a.purpose, **record_row(rec),
+             "dose": regularization_dose(RunConfig.from_record(rec), rec["n_train"])}
+            for a in arms for rec in finished_records(a.configs(s.dataset, s.protocol), results_dir)]
+    return pd.DataFrame(rows, columns=["arm", "reference", "purpose", *RECORD_COLUMNS, "dose"])
 
 
 def arm_history(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = None) -> pd.DataFrame:
@@ -719,24 +708,11 @@ STUDIES.update({name: p.study for name, p in PREREGISTERED.items()})
 
 
 def mechanism_frame(plan: Preregistration, results_dir: str | Path | None = None) -> pd.DataFrame:
-    """One row per finished run of ``plan``: regularizer (the label), lam, seed, test_error,
-    val_error, clean_train_acc, realized_sq and realized_abs (:func:`locolib.reg.realized_factor`)
-    and key; the input of :mod:`locolib.stats`' best_lams, contrast_table, lam_curves and
-    convergence. Trains nothing."""
-    s = plan.study
-    rows = []
-    for a in s.arms:
-        for rec in finished_records(a.configs(s.dataset, s.protocol), results_dir):
-            cfg = RunConfig.from_record(rec)
-            rows.append({"regularizer": a.purpose, "lam": cfg.lam, "seed": cfg.seed,
-                         "test_error": rec["final"]["test_error"],
-                         "val_error": rec["final"]["val_error"],
-                         "clean_train_acc": rec["final"]["clean_train_acc"],
-                         "realized_sq": realized_factor(cfg, rec["weight_stats"], "sq"),
-                         "realized_abs": realized_factor(cfg, rec["weight_stats"], "abs"),
-                         "key": rec["key"]})
-    return pd.DataFrame(rows, columns=["regularizer", "lam", "seed", "test_error", "val_error",
-                                       "clean_train_acc", "realized_sq", "realized_abs", "key"])
+    """:func:`arm_frame` of every arm of ``plan`` (chapter 05), with ``regularizer`` the plan's
+    label of the arm's regularizer setting (l2, loco, mirror, permuted, ...): the input of
+    :mod:`locolib.stats`' best_lams, contrast_table, lam_curves and convergence."""
+    frame = arm_frame(plan.study, plan.study.arms, results_dir)
+    return frame.assign(regularizer=frame.purpose)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ __all__ = ["paired_strip", "learning_curves", "lam_curves"]
 
 def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Sequence[str] | None = None,
                  value: str = "test_error", scale: float = 100.0) -> None:
-    """Every run of ``arms`` (one column each) as a dot, the runs of one seed joined by a grey
+    """Chapters 05-06: every run of ``arms`` (one column each) as a dot, the runs of one seed joined by a grey
     line (the pairing), and each arm's mean with its 95% t-interval in black."""
 
     wide = frame[frame.arm.isin(arms)].pivot_table(index="seed", columns="arm", values=value)
@@ -32,12 +32,14 @@ def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Seq
     ax.set_xlim(-0.4, len(arms) - 0.4)
 
 
-def learning_curves(ax: Axes, history: pd.DataFrame, arms: dict[str, str], column: str = "test_error") -> None:
-    """Mean (line) and range (band) over seeds of ``column`` per epoch for each arm; ``history``
-    has columns arm, epoch and ``column`` (epochs without a value are skipped)."""
+def learning_curves(ax: Axes, history: pd.DataFrame, arms: dict[str, str], column: str = "test_error",
+                    scale: float = 100.0) -> None:
+    """Chapter 05's learning curves: mean (line) and range (band) over seeds of ``column`` times
+    ``scale`` (percent by default) per epoch for each arm; ``history`` has columns arm, epoch and
+    ``column`` (epochs without a value are skipped)."""
     for arm, label in arms.items():
         h = history[(history.arm == arm)].dropna(subset=[column])
-        curve = h.groupby("epoch")[column].agg(["mean", "min", "max"])
+        curve = scale * h.groupby("epoch")[column].agg(["mean", "min", "max"])
         line, = ax.plot(curve.index, curve["mean"], "-o", ms=3, label=label)
         ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("epoch")

@@ -14,7 +14,8 @@ This module holds everything about those files that is not training itself:
   (it is kept, never deleted);
 * :func:`result_path` says where a run's record lives, :func:`finished_records` reads a plan's
   records without training anything;
-* :func:`load_results` reads all records into a table, :func:`history_frame` the learning curves.
+* :func:`record_row` turns a record into a table row (every table of runs is built with it),
+  :func:`load_results` reads all records into a table, :func:`history_frame` the learning curves.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torchvision
 import locolib
 from locolib.config import TRAINING_VERSION, RunConfig, config_fields
 from locolib.io import loads
+from locolib.reg import realized_factor
 
 __all__ = [
     "RESULTS_ENV",
@@ -60,6 +62,8 @@ __all__ = [
     "load_results",
     "results_frame",
     "history_frame",
+    "record_row",
+    "RECORD_COLUMNS",
 ]
 
 RESULTS_ENV = "LOCOLIB_RESULTS"
@@ -470,18 +474,35 @@ def _cell(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-_COLUMNS = ("key", *_CONFIG_COLUMNS, "test_error", "test_acc", "train_loss", "total_s",
+RECORD_COLUMNS = ("key", *_CONFIG_COLUMNS, "test_error", "test_acc", "val_error", "train_acc",
+            "clean_train_acc", "train_loss", "realized_sq", "realized_abs", "n_train", "total_s",
             "images_per_s", "device", "git_commit", "torch", "date", "path")
 
 
-def _row(rec: dict, path: Path | None) -> dict[str, Any]:
+def _realized(rec: dict, weighting: str) -> float:
+    """:func:`locolib.reg.realized_factor` of a record; NaN where the record has no such weight
+    statistics or its regularizer no masks."""
+    if not rec.get("weight_stats"):
+        return numpy.nan
+    try:
+        return realized_factor(RunConfig.from_record(rec), rec["weight_stats"], weighting)
+    except ValueError:
+        return numpy.nan
+
+
+def record_row(rec: dict, path: Path | None = None) -> dict[str, Any]:
+    """A record as one table row, the one converter every table of runs is built with (chapters
+    05-07): the columns :data:`RECORD_COLUMNS`, described in :func:`load_results`. Errors and
+    accuracies are fractions."""
     cfg, final = rec["config"], rec.get("final", {})
     row: dict[str, Any] = {"key": rec["key"]}
     row.update({c: _cell(cfg.get(c)) for c in _CONFIG_COLUMNS})
+    row.update({m: final.get(m, numpy.nan) for m in ("test_error", "test_acc", "val_error",
+                                                      "train_acc", "clean_train_acc", "train_loss")})
     row.update({
-        "test_error": final.get("test_error"),
-        "test_acc": final.get("test_acc"),
-        "train_loss": final.get("train_loss"),
+        "realized_sq": _realized(rec, "sq"),
+        "realized_abs": _realized(rec, "abs"),
+        "n_train": rec.get("n_train"),
         "total_s": rec.get("timing", {}).get("total_s"),
         "images_per_s": rec.get("timing", {}).get("images_per_s"),
         "device": rec.get("device", {}).get("name"),
@@ -496,26 +517,28 @@ def _row(rec: dict, path: Path | None) -> dict[str, Any]:
 def results_frame(records: Iterable[dict], **filters: Any):
     """Result records (as returned by :func:`locolib.sweep.run_sweep`) as a DataFrame with the
     columns of :func:`load_results`, filtered the same way."""
-    return _frame([_row(r, None) for r in records], filters)
+    return _frame([record_row(r) for r in records], filters)
 
 
 def load_results(results_dir: str | Path | None = None, **filters: Any):
     """All finished runs in ``results_dir`` as a pandas DataFrame, one row per run.
 
     Columns: ``key``, the main config fields (dataset, network, regularizer, seed, epochs, width,
-    kernel_size, lam, gamma, eta, ...; per-layer gamma/eta as tuples), ``test_error`` and
-    ``test_acc`` (fractions, final epoch), ``train_loss``, ``total_s``, ``images_per_s``,
-    ``device``, ``git_commit``, ``torch``, ``date``, ``path``.
+    kernel_size, lam, gamma, eta, ...; per-layer gamma/eta as tuples), the final epoch's
+    ``test_error``, ``test_acc``, ``val_error``, ``train_acc`` (on augmented batches) and
+    ``clean_train_acc`` (fractions; NaN where a run did not measure it), ``train_loss``,
+    ``realized_sq`` and ``realized_abs`` (:func:`locolib.reg.realized_factor`), ``n_train``,
+    ``total_s``, ``images_per_s``, ``device``, ``git_commit``, ``torch``, ``date``, ``path``.
 
     ``filters``: ``column=value`` or ``column=[values]``, e.g.
     ``load_results(dataset="cifar10", epochs=250, regularizer=["l2", "loco"])``.
     """
-    return _frame([_row(rec, path) for path, rec in iter_records(results_dir)], filters)
+    return _frame([record_row(rec, path) for path, rec in iter_records(results_dir)], filters)
 
 
 def _frame(rows: list[dict], filters: dict[str, Any]):
 
-    df = pd.DataFrame(rows, columns=list(_COLUMNS))
+    df = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
     for col, want in filters.items():
         if col not in df.columns:
             raise ValueError(f"cannot filter on {col!r}; columns are {list(df.columns)}")
@@ -528,8 +551,9 @@ def _frame(rows: list[dict], filters: dict[str, Any]):
 
 
 def history_frame(records: Iterable[dict]) -> pd.DataFrame:
-    """Learning curves: one row per (run, epoch) with dataset, network, regularizer, seed,
-    epoch, lr, train_loss, train_acc, test_error (%) and penalty."""
+    """Learning curves (chapter 05): one row per (run, epoch) with dataset, network,
+    regularizer, seed, epoch, lr, train_loss, train_acc, test_error (a fraction, NaN in epochs
+    without a test) and penalty."""
     rows = []
     for rec in records:
         cfg = rec["config"]
@@ -538,7 +562,7 @@ def history_frame(records: Iterable[dict]) -> pd.DataFrame:
                          "regularizer": cfg["regularizer"], "seed": cfg["seed"],
                          "epoch": h["epoch"], "lr": h["lr"], "train_loss": h["train_loss"],
                          "train_acc": h["train_acc"],
-                         "test_error": 100.0 * h["test_error"] if "test_error" in h else numpy.nan,
+                         "test_error": h.get("test_error", numpy.nan),
                          "penalty": h.get("penalty")})
     return pd.DataFrame(rows, columns=["key", "dataset", "network", "regularizer", "seed", "epoch",
                                        "lr", "train_loss", "train_acc", "test_error", "penalty"])
