@@ -82,6 +82,7 @@ __all__ = [
     "derive_seed",
     "train",
     "checkpoint_path",
+    "default_checkpoint_dir",
     "RunFiles",
     "run_status",
     "RunDiverged",
@@ -319,6 +320,14 @@ def checkpoint_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
     return Path(checkpoint_dir) / f"{config.key}.pt"
 
 
+def default_checkpoint_dir(results_dir: str | Path | None = None) -> Path:
+    """The checkpoint and lock folder of a results folder, ``<results_dir>/checkpoints``
+    (git-ignored; ``results_dir`` defaults to :func:`default_results_dir`): where :func:`train`,
+    ``locolib-sweep`` and its Dask workers look unless told otherwise (chapters 05-07; the
+    running page, book/running.md)."""
+    return (Path(results_dir) if results_dir is not None else default_results_dir()) / "checkpoints"
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """Where the files of one run live (chapters 04-07; the running page, book/running.md):
@@ -335,9 +344,10 @@ class RunFiles:
     def of(cls, config: RunConfig, results_dir: str | Path | None = None,
            checkpoint_dir: str | Path | None = None, model_dir: str | Path | None = None) -> RunFiles:
         """The files of run ``config``; ``results_dir`` defaults to :func:`default_results_dir`,
-        ``checkpoint_dir`` to ``<results_dir>/checkpoints`` (git-ignored)."""
+        ``checkpoint_dir`` to :func:`default_checkpoint_dir`."""
         results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else results_dir / "checkpoints"
+        checkpoint_dir = (Path(checkpoint_dir) if checkpoint_dir is not None
+                          else default_checkpoint_dir(results_dir))
         return cls(record=result_path(config, results_dir),
                    checkpoint=checkpoint_path(config, checkpoint_dir),
                    lock=checkpoint_dir / f"{config.key}.lock",
