@@ -44,7 +44,7 @@ import torch
 
 from locolib.config import RunConfig
 from locolib.results import RunLocked, default_results_dir
-from locolib.train import train
+from locolib.train import default_checkpoint_dir, train
 
 __all__ = ["ClusterOptions", "add_options", "options_from_args", "describe", "security", "connect",
            "slurm_job_kwargs", "job_script", "train_task", "submit", "collect", "run_on_dask"]
@@ -358,7 +358,7 @@ def run_on_dask(configs: Sequence[RunConfig], options: ClusterOptions,
     all their records in plan order (the ``--dask`` path of ``locolib-sweep``).
     ``train_kwargs``: ``checkpoint_dir``, ``model_dir``, ``stale_after``, ``download`` of
     :func:`submit`."""
-    shared = train_kwargs.get("checkpoint_dir") or Path(results_dir or default_results_dir()) / "checkpoints"
+    shared = train_kwargs.get("checkpoint_dir") or default_checkpoint_dir(results_dir)
     with connect(options, device, shared_dir=shared) as client:
         gpu = None if "://" in options.address else _uses_gpu(options, device)
         futures = submit(client, configs, results_dir, device=device,

@@ -32,8 +32,8 @@ from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
 from locolib.locality import as_matrices, locality_test, magnitude_ratios, table4_row
 from locolib.models import build_model
 from locolib.notebook import FIGURE_WIDTH
-from locolib.results import default_results_dir, result_path
-from locolib.train import derive_seed, train
+from locolib.results import default_results_dir
+from locolib.train import RunFiles, derive_seed, train
 
 __all__ = [
     "conv_input_sizes",
@@ -174,8 +174,8 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
     """
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     model_dir = Path(model_dir) if model_dir is not None else results_dir / "models"
-    weights = model_dir / f"{config.key}.pt"
-    had_record = result_path(config, results_dir).is_file()
+    files = RunFiles.of(config, results_dir, model_dir=model_dir)
+    weights, had_record = files.model, files.record.is_file()
     record = train(config, results_dir=results_dir, device=device, progress=progress,
                    download=download, model_dir=model_dir)
     if not weights.is_file():

@@ -52,7 +52,14 @@ from locolib.results import (
     finished_record,
     result_path,
 )
-from locolib.train import RunDiverged, check_device, check_per_layer, run_status, train
+from locolib.train import (
+    RunDiverged,
+    check_device,
+    check_per_layer,
+    default_checkpoint_dir,
+    run_status,
+    train,
+)
 
 __all__ = [
     "plan",
@@ -484,7 +491,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if a.shard is not None:
         configs = shard(configs, *a.shard)
     results = a.results if a.results is not None else default_results_dir()
-    checkpoints = a.checkpoints if a.checkpoints is not None else results / "checkpoints"
+    checkpoints = a.checkpoints if a.checkpoints is not None else default_checkpoint_dir(results)
     try:
         for folder in (results, checkpoints, a.models):
             if folder is not None:

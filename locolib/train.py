@@ -4,7 +4,10 @@ The paper's protocol: SGD with momentum 0.9, batch 128, 250 epochs, learning rat
 by 0.316 after epochs 70, 140, 190, 230 and 245, lam = 5e-4; standard L2 on 1x1 convolutions and
 dense layers in both arms, biases and BatchNorm unregularized (:class:`locolib.reg.LocoDecay`).
 
-A run is a :class:`RunConfig`; :func:`train` runs it and writes a JSON record. Design points:
+A run is a :class:`RunConfig`; :func:`train` runs it in three stages, each a function below it:
+resume (:func:`_resume`: load a valid checkpoint or start fresh), the epoch loop
+(:func:`_train_epochs`) and finish (:func:`_finish`: evaluate, write the JSON record, remove the
+checkpoint). Where a run's files live is one :class:`RunFiles`. Design points:
 
 * Fast path: the whole (uint8) dataset lives on the device; each batch is gathered, augmented
   (:func:`locolib.data.augment_batch`) and normalized there, in channels_last. On CUDA: autocast
@@ -35,6 +38,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +82,8 @@ __all__ = [
     "derive_seed",
     "train",
     "checkpoint_path",
+    "default_checkpoint_dir",
+    "RunFiles",
     "run_status",
     "RunDiverged",
 ]
@@ -100,7 +106,8 @@ for _ in range(5):
 # Schedule, device, seeds
 # --------------------------------------------------------------------------------------------
 def milestone_epochs(epochs: int, fractions: Sequence[float] = PAPER_MILESTONES) -> tuple[int, ...]:
-    """0-based epochs from which the next decay applies, scaled to ``epochs``.
+    """0-based epochs from which the next decay applies, scaled to ``epochs`` (chapter 05;
+    Section 7's schedule).
 
     ``m_i = floor(f_i * epochs + 0.5)`` (round half up), clipped to ``[1, epochs - 1]`` so that a
     short run keeps every decay (the last ones may coincide). 250 epochs give the paper's
@@ -111,7 +118,8 @@ def milestone_epochs(epochs: int, fractions: Sequence[float] = PAPER_MILESTONES)
 
 
 def lr_at(config: RunConfig, epoch: int) -> float:
-    """Learning rate used throughout 0-based ``epoch``: ``lr * lr_decay ** #(milestones <= epoch)``."""
+    """Learning rate used throughout 0-based ``epoch``: ``lr * lr_decay ** #(milestones <= epoch)``
+    (chapter 05; Section 7's schedule)."""
     k = sum(1 for m in milestone_epochs(config.epochs, config.milestones) if m <= epoch)
     return config.lr * config.lr_decay**k
 
@@ -120,25 +128,29 @@ def regularization_dose(config: RunConfig, n_train: int) -> float:
     """How far the regularizer moves the weights over a whole run: ``2 * lam * sum(lr over all
     steps) / (1 - momentum)``, the exponent of the total shrinkage that the L2 gradient alone
     would apply (momentum amplifies each step by 1 / (1 - momentum)). The paper's protocol on
-    CIFAR's 50,000 training images gives about 38.5; short runs on small data give far less."""
+    CIFAR's 50,000 training images gives about 38.5; short runs on small data give far less
+    (chapter 05's dose table)."""
     steps = math.ceil((config.train_subset or n_train) / config.batch_size)
     lr_sum = steps * sum(lr_at(config, e) for e in range(config.epochs))
     return 2.0 * config.lam * lr_sum / (1.0 - config.momentum)
 
 
 def paper_dose() -> float:
-    """The dose of the paper's protocol (250 epochs on CIFAR's 50,000 training images): 38.5."""
+    """The dose of the paper's protocol (250 epochs on CIFAR's 50,000 training images): 38.5
+    (chapter 05; Section 7)."""
     return regularization_dose(RunConfig("cifar10", "vgg13", "l2", 0), 50_000)
 
 
 def dose_matched_lam(config: RunConfig, n_train: int, dose: float) -> float:
-    """The ``lam`` that gives ``config`` (on ``n_train`` images) the regularization ``dose``."""
+    """The ``lam`` that gives ``config`` (on ``n_train`` images) the regularization ``dose``
+    (chapter 05's dose-matched arms, :mod:`locolib.plans`)."""
     return config.lam * dose / regularization_dose(config, n_train)
 
 
 def choose_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given (a ValueError if this machine has no such device), else CUDA if
-    available, else Apple MPS if available, else CPU."""
+    available, else Apple MPS if available, else CPU (every run of chapters 04-07,
+    :func:`train`)."""
     if device is not None:
         device = check_device(device)
         if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:<current>", so that
@@ -154,7 +166,8 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
 
 def check_device(device: str | torch.device, here: bool = True) -> torch.device:
     """``device`` as a torch.device, or a ValueError saying what is wrong with it: not a device
-    name torch trains on, or (``here``) not a device of this machine."""
+    name torch trains on, or (``here``) not a device of this machine (``--device`` of
+    ``locolib-sweep`` and ``python -m locolib.plans``; the running page, book/running.md)."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -174,7 +187,8 @@ def check_device(device: str | torch.device, here: bool = True) -> torch.device:
 
 def check_per_layer(config: RunConfig) -> None:
     """A ValueError unless ``config``'s per-layer ``gamma``/``eta`` give one value per spatial
-    convolution of its network (checked when a plan is made, before anything trains)."""
+    convolution of its network (checked when a plan is made, before anything trains; chapter
+    06's layer-wise parameters, Table 6)."""
     lengths = {name: len(v) for name in ("gamma", "eta")
                if isinstance(v := getattr(config, name), tuple)}
     if not lengths:
@@ -200,14 +214,15 @@ def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
     """The autocast dtype for a CUDA device of compute ``capability`` (major, minor): bfloat16
     from 8.0 on (Ampere and later), float16 below, where cuDNN has no bfloat16 convolutions
     (Colab's T4 is 7.5). float16's narrow exponent range needs a gradient scaler
-    (:class:`TrainStep` adds one). Used by the GPU path of :func:`train` (book/running.md)."""
+    (:class:`TrainStep` adds one). Used by the GPU path of :func:`train` (the GPU profiles of
+    chapters 05-07; the running page, book/running.md)."""
     return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
 
 
 def training_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a run of ``config`` trains in on ``device``, or None (float32):
     :func:`autocast_dtype` of a CUDA device if ``config.amp``, bfloat16 on the CPU if
-    ``config.amp_cpu``."""
+    ``config.amp_cpu`` (each record's ``precision``; the running page, book/running.md)."""
     if config.amp and device.type == "cuda":
         return autocast_dtype(torch.cuda.get_device_capability(device))
     if config.amp_cpu and device.type == "cpu":
@@ -220,7 +235,8 @@ def compile_model(model: torch.nn.Module,
     """``torch.compile`` with static shapes: one graph per input shape (full batches, the
     partial last batch, each evaluation batch size), all built in the first epoch. With
     dynamic shapes torch would replace the full-batch graph by a slower shape-generic one as
-    soon as the partial batch arrives. ``backend``: torch.compile's (tests count graphs)."""
+    soon as the partial batch arrives. ``backend``: torch.compile's (tests count graphs).
+    ``--compile true`` of the GPU runs (the running page, book/running.md)."""
     return torch.compile(model, backend=backend, dynamic=False)
 
 
@@ -228,7 +244,9 @@ _STREAMS = {"init": 0, "shuffle": 1, "augment": 2, "torch": 3, "subset": 4}
 
 
 def derive_seed(seed: int, stream: str, epoch: int = 0) -> int:
-    """A 63-bit seed for one random stream of one epoch, independent across (seed, stream, epoch)."""
+    """A 63-bit seed for one random stream of one epoch, independent across (seed, stream,
+    epoch): every run of chapters 04-07, and chapter 04's untrained networks
+    (:mod:`locolib.inspection`)."""
     ss = np.random.SeedSequence([int(seed), _STREAMS[stream], int(epoch)])
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
@@ -244,7 +262,7 @@ def memory_format(device: torch.device, model: torch.nn.Module,
     """Layout of ``model``'s training tensors on ``device``: channels_last if asked (what cuDNN's
     fast kernels want; on one CPU thread it makes the book's networks' steps about 1.5x faster,
     see benchmarks/bench_layout.py), except for a network with a strided 1x1 convolution on the
-    CPU (:data:`CPU_CHANNELS_LAST_CRASH`)."""
+    CPU (:data:`CPU_CHANNELS_LAST_CRASH`). Every run of chapters 04-07."""
     crashes = device.type == "cpu" and any(
         isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
         for m in model.modules())
@@ -297,26 +315,56 @@ def _seeded_global_rng(device: torch.device, seed: int):
 # Files
 # --------------------------------------------------------------------------------------------
 def checkpoint_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
+    """Where the checkpoint of ``config`` lives, ``<checkpoint_dir>/<key>.pt``: an interrupted
+    run resumes from it (chapters 05-07; the running page, book/running.md)."""
     return Path(checkpoint_dir) / f"{config.key}.pt"
 
 
-def _lock_path(config: RunConfig, checkpoint_dir: str | Path) -> Path:
-    return Path(checkpoint_dir) / f"{config.key}.lock"
+def default_checkpoint_dir(results_dir: str | Path | None = None) -> Path:
+    """The checkpoint and lock folder of a results folder, ``<results_dir>/checkpoints``
+    (git-ignored; ``results_dir`` defaults to :func:`default_results_dir`): where :func:`train`,
+    ``locolib-sweep`` and its Dask workers look unless told otherwise (chapters 05-07; the
+    running page, book/running.md)."""
+    return (Path(results_dir) if results_dir is not None else default_results_dir()) / "checkpoints"
 
 
-def _dirs(results_dir, checkpoint_dir) -> tuple[Path, Path]:
-    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else results_dir / "checkpoints"
-    return results_dir, checkpoint_dir
+@dataclass(frozen=True)
+class RunFiles:
+    """Where the files of one run live (chapters 04-07; the running page, book/running.md):
+    its ``record`` ``<results_dir>/<key>.json``, its ``checkpoint`` ``<checkpoint_dir>/<key>.pt``
+    and ``lock`` ``<checkpoint_dir>/<key>.lock``, and its final weights ``model``
+    ``<model_dir>/<key>.pt`` (None: not kept). Build it with :meth:`of`."""
+
+    record: Path
+    checkpoint: Path
+    lock: Path
+    model: Path | None
+
+    @classmethod
+    def of(cls, config: RunConfig, results_dir: str | Path | None = None,
+           checkpoint_dir: str | Path | None = None, model_dir: str | Path | None = None) -> RunFiles:
+        """The files of run ``config``; ``results_dir`` defaults to :func:`default_results_dir`,
+        ``checkpoint_dir`` to :func:`default_checkpoint_dir`."""
+        results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+        checkpoint_dir = (Path(checkpoint_dir) if checkpoint_dir is not None
+                          else default_checkpoint_dir(results_dir))
+        return cls(record=result_path(config, results_dir),
+                   checkpoint=checkpoint_path(config, checkpoint_dir),
+                   lock=checkpoint_dir / f"{config.key}.lock",
+                   model=None if model_dir is None else Path(model_dir) / f"{config.key}.pt")
 
 
-_CHECKPOINT_KEYS = {"key", "epoch", "model", "optimizer", "history", "segments"}
+#: What a checkpoint holds (:func:`_save_checkpoint`); ``spent``: seconds by kind, of the
+#: segments up to it.
+_CHECKPOINT_KEYS = {"key", "epoch", "model", "optimizer", "history", "spent", "segments"}
+_SPENT_KEYS = ("wall_s", "checkpoint_s", "compile_s")
 
 
 def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) -> dict | None:
     """The checkpoint of ``config`` at ``path``, or None if there is none or it is not usable:
-    unreadable (with atomic writes only after disk trouble) or of another run. An unusable file
-    is named in a warning and, with ``move_invalid`` (the run starts over), set aside."""
+    unreadable (with atomic writes only after disk trouble), of other code or of another run.
+    An unusable file is named in a warning and, with ``move_invalid`` (the run starts over), set
+    aside."""
     if not path.is_file():
         return None
     try:
@@ -336,18 +384,17 @@ def _load_checkpoint(path: Path, config: RunConfig, move_invalid: bool = False) 
 def _checkpoint_problem(state: Any, config: RunConfig) -> str | None:
     """What makes ``state`` unusable as a checkpoint of ``config``, or None."""
     if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
-        return "not a checkpoint of this code"
+        return "not a checkpoint of this code (another file, or one of an earlier version)"
     if state["key"] != config.key:
         return "checkpoint of another run"
-    epoch, segments = state["epoch"], state["segments"]
+    epoch, segments, spent = state["epoch"], state["segments"], state["spent"]
     if not (type(epoch) is int and 0 < epoch <= config.epochs and type(segments) is int
             and segments > 0 and isinstance(state["model"], dict)
             and isinstance(state["optimizer"], dict) and isinstance(state["history"], list)
             and len(state["history"]) == epoch
             and all(isinstance(h, dict) for h in state["history"])
-            and isinstance(state.get("elapsed_s", 0.0), (int, float))
-            and isinstance(state.get("spent", {}), dict)
-            and all(isinstance(v, float) for v in state.get("spent", {}).values())):
+            and isinstance(spent, dict) and spent.keys() == set(_SPENT_KEYS)
+            and all(isinstance(v, float) for v in spent.values())):
         return "damaged checkpoint (fields of the wrong type or out of range)"
     return None
 
@@ -359,25 +406,25 @@ def _reject_checkpoint(path: Path, problem: str, move: bool) -> None:
         warnings.warn(f"{path}: {problem}; not used", RunFileWarning, stacklevel=3)
 
 
-def run_status(config: RunConfig, results_dir=None, checkpoint_dir=None) -> str:
-    """``"done"``, ``"running"`` (locked by a live process), ``"partial (k/E epochs)"`` or ``"todo"``."""
-    results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
-    if finished_record(result_path(config, results_dir), config.key) is not None:
+def run_status(config: RunConfig, results_dir: str | Path | None = None,
+               checkpoint_dir: str | Path | None = None) -> str:
+    """``"done"``, ``"running"`` (locked by a live process), ``"partial (k/E epochs)"`` or
+    ``"todo"``: what ``locolib-sweep --dry-run`` and ``python -m locolib.plans PROFILE
+    --dry-run`` print per run (chapters 05-07's studies; the running page, book/running.md).
+    Reads only: a file that is not usable is named in a warning, never moved."""
+    files = RunFiles.of(config, results_dir, checkpoint_dir)
+    if finished_record(files.record, config.key) is not None:
         return "done"
-    lock = RunLock(_lock_path(config, checkpoint_dir))
+    lock = RunLock(files.lock)
     info = lock.owner()
     if info is not None and not lock.is_stale(info):
         return "running"
-    ck = checkpoint_path(config, checkpoint_dir)
-    state = _load_checkpoint(ck, config)
+    state = _load_checkpoint(files.checkpoint, config)
     if state is not None:
         return f"partial ({state['epoch']}/{config.epochs} epochs)"
     return "todo"
 
 
-# --------------------------------------------------------------------------------------------
-# Weight statistics (compact, for Tables 4 and 6 without storing the weights)
-# --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -387,7 +434,8 @@ _clock = time.perf_counter
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (for timings; a no-op on the CPU)."""
+    """Wait for the device's queued work (for timings; a no-op on the CPU): every record's
+    ``timing`` (the running page, book/running.md) and the benchmarks."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -395,8 +443,9 @@ def synchronize(device: torch.device) -> None:
 
 
 class TrainStep:
-    """One optimizer step as :func:`train` takes it; the benchmarks time the same object
-    (benchmarks/bench_reg.py, benchmarks/gpu_check.py).
+    """One optimizer step as :func:`train` takes it (every run of chapters 04-07; Eq. 6.1's
+    decay gradient); the benchmarks time the same object (benchmarks/bench_reg.py,
+    benchmarks/gpu_check.py).
 
     Forward under autocast in ``dtype`` (None: float32), cross-entropy in float32, backward,
     the regularizer's decay gradient (:class:`locolib.reg.LocoDecay`; None: unregularized), SGD
@@ -577,7 +626,9 @@ def train(
     model_dir: str | Path | None = None,
     stale_after: float = 900.0,
 ) -> dict[str, Any]:
-    """Run ``config`` (or resume it) and return its result record.
+    """Run ``config`` (or resume it) and return its result record: every training run of the
+    book (chapters 04-07; Section 7's protocol, Eq. 6.1's regularizer through
+    :mod:`locolib.reg`).
 
     * ``results_dir``: where ``<key>.json`` goes (default :func:`default_results_dir`). If that
       file holds the run's record it is returned at once, without training; a file there that
@@ -601,7 +652,9 @@ def train(
 
     Resuming is exact on CPU (bitwise equal weights and metrics). On CUDA a resumed run sees the
     same batches and augmentations, but cuDNN's autotuned (and atomics-based) kernels make it
-    equal to an uninterrupted run only up to floating-point rounding.
+    equal to an uninterrupted run only up to floating-point rounding. A checkpoint that does not
+    fit (damaged, of another run, of other code) is set aside with a warning and the run starts
+    over.
 
     The record (JSON): ``format``, ``key``, ``config``, ``history`` (per epoch: epoch, lr,
     train_loss, train_acc, test_loss, test_acc, test_error, with ``config.validation`` also
@@ -619,120 +672,69 @@ def train(
     ``num_params``, ``milestones``, ``weight_stats`` (:func:`weight_stats`), plus provenance:
     ``versions``, ``device``, ``host``, ``git``, ``date`` (:func:`locolib.results.provenance`).
     """
-    results_dir, checkpoint_dir = _dirs(results_dir, checkpoint_dir)
-    rpath = result_path(config, results_dir)
-    record = finished_record(rpath, config.key, on_invalid="skip")
+    files = RunFiles.of(config, results_dir, checkpoint_dir, model_dir)
+    record = finished_record(files.record, config.key, on_invalid="skip")
     if record is not None:
         return record
-    with RunLock(_lock_path(config, checkpoint_dir), stale_after=stale_after) as lock:
+    with RunLock(files.lock, stale_after=stale_after) as lock:
         # Finished by another process while we waited for the lock? Else nothing may stay at
         # the record's place: it is set aside before the run writes its own.
-        record = finished_record(rpath, config.key, on_invalid="set_aside")
+        record = finished_record(files.record, config.key, on_invalid="set_aside")
         if record is not None:
             return record
         device = choose_device(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick fast kernels
         with _denormals_flushed(device):
-            return _train_locked(config, rpath, checkpoint_path(config, checkpoint_dir),
-                                 device, progress, download, hook, model_dir, lock)
+            started = _clock()
+            run = _Run(config, device, download)
+            state = _resume(run, files.checkpoint, started)
+            setup_s = _clock() - started
+            _train_epochs(run, state, files.checkpoint, lock, hook, progress)
+            return _finish(run, state, files, setup_s)
 
 
-def _train_locked(config, rpath, ckpath, device, progress, download, hook, model_dir, lock) -> dict:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick fast kernels
-    t_start = _clock()
-    run = _Run(config, device, download)
-    history: list[dict] = []
-    start_epoch, segments = 0, 1
-    # Seconds spent in earlier segments (wall_s: up to their last checkpoint).
-    spent = {"wall_s": 0.0, "checkpoint_s": 0.0, "compile_s": 0.0}
-    state = _load_checkpoint(ckpath, config, move_invalid=True)
-    if state is not None:
-        mismatch = _state_mismatch(run.model, state["model"])
-        if mismatch is None:
-            try:  # checks the parameter groups before changing anything
-                run.opt.load_state_dict(state["optimizer"])
-            except (ValueError, KeyError) as err:
-                mismatch = f"optimizer state does not fit ({err})"
-        if mismatch is not None:  # written by other code (a changed model)
-            _reject_checkpoint(ckpath, f"checkpoint of another model: {mismatch}", move=True)
-            state = None
-    if state is not None:
-        run.model.load_state_dict(state["model"])
-        if run.step.scaler is not None and "scaler" in state:
-            run.step.scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], list(state["history"])
-        segments = int(state["segments"]) + 1
-        # Checkpoints of earlier versions carry only the epochs' time ("elapsed_s").
-        spent.update(state.get("spent", {"wall_s": float(state.get("elapsed_s", 0.0))}))
-    setup_s = _clock() - t_start
-    checkpoint_s = 0.0  # this segment's
-    last_checkpoint = _clock()
+@dataclass
+class _RunState:
+    """How far a run has come: the finished epochs' metrics, the number of processes that have
+    worked on it (this one included), and the seconds spent."""
 
-    steps = math.ceil(len(run.y_train) / config.batch_size)
-    bar = progress_bar(config.epochs, config.key, bool(progress), initial=start_epoch, unit="epoch")
-    if start_epoch:
-        bar.write(f"{config.key}: resuming after epoch {start_epoch}")
+    history: list[dict]
+    segments: int
+    spent: dict[str, float]  # by the earlier segments (wall_s: up to their last checkpoint)
+    started: float  # _clock() when this segment began
+    checkpoint_s: float = 0.0  # this segment's checkpoint writes
 
-    def so_far() -> dict[str, float]:
-        return {"wall_s": spent["wall_s"] + _clock() - t_start,
-                "checkpoint_s": spent["checkpoint_s"] + checkpoint_s,
-                "compile_s": spent["compile_s"] + run.compile_s}
+    def so_far(self, compile_s: float) -> dict[str, float]:
+        """Seconds spent by every segment up to now; ``compile_s``: this segment's."""
+        return {"wall_s": self.spent["wall_s"] + _clock() - self.started,
+                "checkpoint_s": self.spent["checkpoint_s"] + self.checkpoint_s,
+                "compile_s": self.spent["compile_s"] + compile_s}
 
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            inner = (progress_bar(steps, f"epoch {epoch + 1}", leave=False)
-                     if progress == "batches" else None)
-            # Any use of torch's global RNG inside the epoch (e.g. dropout) is seeded by
-            # (seed, epoch) too, and the caller's RNG state is left untouched.
-            with _seeded_global_rng(device, derive_seed(config.seed, "torch", epoch)):
-                synchronize(device)
-                t0 = _clock()
-                metrics = run.train_epoch(epoch, hook, lock, inner)
-                synchronize(device)
-                t1 = _clock()
-                if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-                    metrics.update(run.evaluate())
-                    if config.validation:
-                        metrics.update(run.evaluate(split="val"))
-                metrics["penalty"] = float(run.decay.penalty().detach())
-                synchronize(device)
-                t2 = _clock()
-            if inner is not None:
-                inner.close()
-            metrics.update(epoch=epoch + 1, train_s=t1 - t0, eval_s=t2 - t1, epoch_s=t2 - t0,
-                           images_per_s=len(run.y_train) / max(t1 - t0, 1e-9))
-            history.append(metrics)
-            if hook is not None:
-                hook("epoch", epoch, -1)
-            if epoch + 1 == config.epochs or t2 - last_checkpoint >= config.checkpoint_every:
-                try:
-                    _save_checkpoint(ckpath, config, run, epoch + 1, history, so_far(), segments)
-                except OSError as err:  # a full disk, say: the run can go on without it
-                    warnings.warn(f"{ckpath}: checkpoint not written ({err.strerror or err}); "
-                                  "the run goes on", RunFileWarning, stacklevel=2)
-                else:
-                    last_checkpoint = _clock()
-                    checkpoint_s += last_checkpoint - t2
-                    if hook is not None:
-                        hook("checkpoint", epoch, -1)
-            lock.heartbeat(force=True)
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", train_acc=f"{metrics['train_acc']:.3f}",
-                            lr=f"{metrics['lr']:.3g}")
-            bar.update(1)
-    finally:
-        bar.close()
 
-    record = _record(config, run, history, setup_s, segments, device)
-    record["timing"].update(so_far())
-    record["timing"]["images_per_wall_s"] = (
-        len(run.y_train) * len(history) / max(record["timing"]["wall_s"], 1e-9))
-    if model_dir is not None:
-        buf = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in run.model.state_dict().items()}, buf)
-        atomic_write_bytes(Path(model_dir) / f"{config.key}.pt", buf.getvalue())
-    write_json(rpath, record)
-    ckpath.unlink(missing_ok=True)
-    return record
+def _resume(run: _Run, checkpoint: Path, started: float) -> _RunState:
+    """Resume: load the checkpoint at ``checkpoint`` into ``run`` (weights, optimizer, gradient
+    scaler) and return how far it had come; without a usable one (none, damaged, of another
+    run, or of another model: set aside with a warning), start fresh."""
+    fresh = _RunState(history=[], segments=1, spent=dict.fromkeys(_SPENT_KEYS, 0.0),
+                      started=started)
+    saved = _load_checkpoint(checkpoint, run.config, move_invalid=True)
+    if saved is None:
+        return fresh
+    mismatch = _state_mismatch(run.model, saved["model"])
+    if mismatch is None:
+        try:  # checks the parameter groups before changing anything
+            run.opt.load_state_dict(saved["optimizer"])
+        except (ValueError, KeyError) as err:
+            mismatch = f"optimizer state does not fit ({err})"
+    if mismatch is not None:  # written by other code (a changed model)
+        _reject_checkpoint(checkpoint, f"checkpoint of another model: {mismatch}", move=True)
+        return fresh
+    run.model.load_state_dict(saved["model"])
+    if run.step.scaler is not None and "scaler" in saved:  # none if written without float16
+        run.step.scaler.load_state_dict(saved["scaler"])
+    return _RunState(history=list(saved["history"]), segments=saved["segments"] + 1,
+                     spent=dict(saved["spent"]), started=started)
 
 
 def _state_mismatch(model: torch.nn.Module, state: dict) -> str | None:
@@ -746,34 +748,121 @@ def _state_mismatch(model: torch.nn.Module, state: dict) -> str | None:
     return f"shapes differ for {shapes[:3]}" if shapes else None
 
 
-def _save_checkpoint(path: Path, config: RunConfig, run: _Run, epoch: int, history: list,
-                     spent: dict[str, float], segments: int) -> None:
-    state = {
-        "key": config.key,
-        "config": config.to_dict(),
-        "epoch": epoch,  # number of finished epochs
+def _train_epochs(run: _Run, state: _RunState, checkpoint: Path, lock: RunLock,
+                  hook: Hook | None, progress: bool | str) -> None:
+    """The epoch loop: train the epochs ``state`` has not done yet, appending their metrics to
+    its history; checkpoint at the end of an epoch once ``config.checkpoint_every`` seconds have
+    passed since the last checkpoint, and after the last epoch."""
+    config = run.config
+    start = len(state.history)
+    bar = progress_bar(config.epochs, config.key, bool(progress), initial=start, unit="epoch")
+    if start:
+        bar.write(f"{config.key}: resuming after epoch {start}")
+    last_checkpoint = _clock()
+    try:
+        for epoch in range(start, config.epochs):
+            metrics = _epoch(run, epoch, hook, lock, progress == "batches")
+            state.history.append(metrics)
+            if hook is not None:
+                hook("epoch", epoch, -1)
+            due = _clock() - last_checkpoint >= config.checkpoint_every
+            if (epoch + 1 == config.epochs or due) and _save_checkpoint(checkpoint, run, state):
+                last_checkpoint = _clock()
+                if hook is not None:
+                    hook("checkpoint", epoch, -1)
+            lock.heartbeat(force=True)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", train_acc=f"{metrics['train_acc']:.3f}",
+                            lr=f"{metrics['lr']:.3g}")
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _epoch(run: _Run, epoch: int, hook: Hook | None, lock: RunLock, batch_bar: bool) -> dict[str, Any]:
+    """One epoch: train, evaluate (every ``config.eval_every`` epochs and after the last), the
+    regularization penalty at its end, and its timings. ``batch_bar``: a bar over its batches."""
+    config, device = run.config, run.device
+    steps = math.ceil(len(run.y_train) / config.batch_size)
+    inner = progress_bar(steps, f"epoch {epoch + 1}", leave=False) if batch_bar else None
+    # Any use of torch's global RNG inside the epoch (e.g. dropout) is seeded by (seed, epoch)
+    # too, and the caller's RNG state is left untouched.
+    with _seeded_global_rng(device, derive_seed(config.seed, "torch", epoch)):
+        synchronize(device)
+        t0 = _clock()
+        metrics = run.train_epoch(epoch, hook, lock, inner)
+        synchronize(device)
+        t1 = _clock()
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            metrics.update(run.evaluate())
+            if config.validation:
+                metrics.update(run.evaluate(split="val"))
+        metrics["penalty"] = float(run.decay.penalty().detach())
+        synchronize(device)
+        t2 = _clock()
+    if inner is not None:
+        inner.close()
+    metrics.update(epoch=epoch + 1, train_s=t1 - t0, eval_s=t2 - t1, epoch_s=t2 - t0,
+                   images_per_s=len(run.y_train) / max(t1 - t0, 1e-9))
+    return metrics
+
+
+def _save_checkpoint(path: Path, run: _Run, state: _RunState) -> bool:
+    """Write ``run``'s checkpoint after the epochs of ``state``, atomically; False, with a
+    warning, if it could not be written (a full disk, say: the run goes on without it)."""
+    t0 = _clock()
+    saved = {
+        "key": run.config.key,
+        "config": run.config.to_dict(),
+        "epoch": len(state.history),  # number of finished epochs
         "model": run.model.state_dict(),
         "optimizer": run.opt.state_dict(),
-        "history": history,
-        "spent": spent,  # without this write itself
-        # What earlier versions resume from: a process of one may share this folder.
-        "elapsed_s": sum(h["epoch_s"] for h in history),
-        "segments": segments,
+        "history": state.history,
+        "spent": state.so_far(run.compile_s),  # without this write itself
+        "segments": state.segments,
     }
     if run.step.scaler is not None:
-        state["scaler"] = run.step.scaler.state_dict()
+        saved["scaler"] = run.step.scaler.state_dict()
+    try:
+        _write_torch(path, saved)
+    except OSError as err:
+        warnings.warn(f"{path}: checkpoint not written ({err.strerror or err}); the run goes on",
+                      RunFileWarning, stacklevel=2)
+        return False
+    state.checkpoint_s += _clock() - t0
+    return True
+
+
+def _write_torch(path: Path, obj: Any) -> None:
+    """``torch.save`` to ``path``, atomically."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _finish(run: _Run, state: _RunState, files: RunFiles, setup_s: float) -> dict[str, Any]:
+    """Finish: evaluate the final network into the record (:func:`_record`), keep its weights
+    at ``files.model`` if asked, write the record atomically and remove the checkpoint."""
+    record = _record(run, state.history, setup_s, state.segments)
+    timing = record["timing"]
+    timing.update(state.so_far(run.compile_s))
+    timing["images_per_wall_s"] = len(run.y_train) * len(state.history) / max(timing["wall_s"], 1e-9)
+    if files.model is not None:
+        _write_torch(files.model, {k: v.cpu() for k, v in run.model.state_dict().items()})
+    write_json(files.record, record)
+    files.checkpoint.unlink(missing_ok=True)
+    return record
 
 
 class RunDiverged(ArithmeticError):
     """The run's final losses are not finite numbers (its learning rate was too large, say): no
-    record is written."""
+    record is written; a sweep trains its other runs and fails at the end (chapters 05-07's
+    studies)."""
 
 
-def _record(config: RunConfig, run: _Run, history: list, setup_s: float, segments: int,
-            device: torch.device) -> dict:
+def _record(run: _Run, history: list[dict], setup_s: float, segments: int) -> dict[str, Any]:
+    """The run's record (see :func:`train`) without its wall-time fields; evaluates the final
+    network on the training images, :class:`RunDiverged` if its losses are not finite."""
+    config, device = run.config, run.device
     train_s = sum(h["train_s"] for h in history)
     eval_s = sum(h["eval_s"] for h in history)
     elapsed = sum(h["epoch_s"] for h in history)

@@ -217,6 +217,9 @@ def _damage_checkpoint(kind: str, ck: Path) -> None:
         ck.write_bytes(ck.read_bytes()[:100])
     elif kind == "garbage":
         ck.write_bytes(b"garbage\x80\x03 not a checkpoint")
+    elif kind == "earlier-format":  # without the seconds spent by kind, as earlier code wrote
+        state = torch.load(ck, weights_only=True)
+        torch.save({k: v for k, v in state.items() if k != "spent"}, ck)
     else:  # a field of the wrong type
         field, value = {"epoch-a-string": ("epoch", "1"), "segments-a-string": ("segments", "x"),
                         "history-a-string": ("history", "x")}[kind]
@@ -224,8 +227,8 @@ def _damage_checkpoint(kind: str, ck: Path) -> None:
         torch.save({**state, field: value}, ck)
 
 
-CHECKPOINT_KINDS = ["empty", "truncated", "garbage", "epoch-a-string", "segments-a-string",
-                    "history-a-string"]
+CHECKPOINT_KINDS = ["empty", "truncated", "garbage", "earlier-format", "epoch-a-string",
+                    "segments-a-string", "history-a-string"]
 
 
 @pytest.mark.parametrize("kind", CHECKPOINT_KINDS)

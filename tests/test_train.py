@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -20,7 +21,7 @@ import locolib.config as config
 import locolib.io
 import locolib.train as T
 from locolib.config import RunConfig, config_field
-from locolib.results import RunLock, RunLocked, default_results_dir, result_path
+from locolib.results import RunFileWarning, RunLock, RunLocked, default_results_dir, result_path
 from locolib.train import checkpoint_path, lr_at, milestone_epochs, train
 
 # Tiny runs: digits, 1/8-width VGG13, 192 training images in batches of 64 -> 3 steps per epoch,
@@ -727,26 +728,21 @@ def test_cpu_training_equals_the_code_before_the_gpu_path(tmp_path, train_before
 
 
 @pytest.mark.slow
-def test_checkpoints_resume_across_the_gpu_path_change(tmp_path, train_before):
-    """A run interrupted by the earlier code resumes in this one, and the other way round (a
-    sweep's processes may be of both), ending as an uninterrupted run."""
+def test_a_checkpoint_of_the_code_before_the_gpu_path_is_set_aside(tmp_path, train_before):
+    """A run interrupted by the earlier code (its checkpoint of an earlier format) starts over
+    in this one, with a warning naming the checkpoint, and ends as an uninterrupted run."""
     d = _BASELINE_RUNS[0]
     cfg = RunConfig(**d, checkpoint_every=0)  # the earlier code checkpoints every epoch
-    ref = train(cfg, results_dir=tmp_path / "ref", progress=False, device="cpu",
-                model_dir=tmp_path / "ref")
-
+    train(cfg, results_dir=tmp_path / "ref", progress=False, device="cpu", model_dir=tmp_path / "ref")
     train_before([d], tmp_path / "old-to-new", stop=True)
-    assert torch.load(checkpoint_path(cfg, tmp_path / "old-to-new" / "checkpoints"),
-                      weights_only=True)["epoch"] == 1
-    resumed = train(cfg, results_dir=tmp_path / "old-to-new", progress=False, device="cpu",
-                    model_dir=tmp_path / "old-to-new")
-    assert resumed["timing"]["segments"] == 2
-    _assert_same_run(cfg, resumed, tmp_path / "old-to-new", tmp_path / "ref")
-
-    _run_interrupted(cfg, tmp_path / "new-to-old", tmp_path / "new-to-old" / "checkpoints",
-                     ("checkpoint", 0, -1))
-    train_before([d], tmp_path / "new-to-old")
-    _assert_same_run(cfg, ref, tmp_path / "ref", tmp_path / "new-to-old")
+    ck = checkpoint_path(cfg, tmp_path / "old-to-new" / "checkpoints")
+    assert torch.load(ck, weights_only=True)["epoch"] == 1
+    with pytest.warns(RunFileWarning, match=re.escape(f"{ck}: not a checkpoint of this code")):
+        again = train(cfg, results_dir=tmp_path / "old-to-new", progress=False, device="cpu",
+                      model_dir=tmp_path / "old-to-new")
+    assert again["timing"]["segments"] == 1
+    _assert_same_run(cfg, again, tmp_path / "old-to-new", tmp_path / "ref")
+    assert len(list(ck.parent.glob(f"{ck.name}.invalid-*"))) == 1
 
 
 @pytest.mark.slow
