@@ -15,7 +15,7 @@ __all__ = ["paired_strip", "learning_curves"]
 def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Sequence[str] | None = None,
                  value: str = "test_error", scale: float = 100.0) -> None:
     """Every run of ``arms`` (one column each) as a dot, the runs of one seed joined by a grey
-    line (the pairing), and each arm's mean with its 95% t-interval in black."""
+    line (the pairing), and each arm's mean with its 95% t-interval in black. (Chapters 05, 06)"""
 
     wide = frame[frame.arm.isin(arms)].pivot_table(index="seed", columns="arm", values=value)
     wide = scale * wide[list(arms)]
@@ -33,7 +33,7 @@ def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Seq
 
 def learning_curves(ax: Axes, history: pd.DataFrame, arms: dict[str, str], column: str = "test_error") -> None:
     """Mean (line) and range (band) over seeds of ``column`` per epoch for each arm; ``history``
-    has columns arm, epoch and ``column`` (epochs without a value are skipped)."""
+    has columns arm, epoch and ``column`` (epochs without a value are skipped). (Chapter 05)"""
     for arm, label in arms.items():
         h = history[(history.arm == arm)].dropna(subset=[column])
         curve = h.groupby("epoch")[column].agg(["mean", "min", "max"])
