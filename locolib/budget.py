@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from locolib.config import RunConfig
 from locolib.data import dataset_spec
 from locolib.models import build_model
-from locolib.plans import FIXED_LOCO, Arm, Study, study
+from locolib.plans import FIXED_LOCO, GROUPS, Arm, Study, study
 from locolib.stats import minimum_detectable_effect
 
 __all__ = ["Device", "devices", "PROFILE_DEVICE", "H100_RESNET18_IMAGES_PER_S", "flops_per_image",
@@ -93,9 +93,7 @@ def devices() -> dict[str, Device]:
 
 
 #: Where each GPU profile is meant to run.
-PROFILE_DEVICE: dict[str, str] = {"colab": "t4", "gpu": "h100", "gpu_cifar100": "h100",
-                                  "gpu_fashion_mnist": "h100", "paper_cifar10": "h100",
-                                  "paper_cifar100": "h100", "paper_fashion_mnist": "h100"}
+PROFILE_DEVICE: dict[str, str] = {"colab": "t4", **dict.fromkeys((*GROUPS["gpu_all"], *GROUPS["paper"]), "h100")}
 
 
 @cache

@@ -21,13 +21,16 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import sympy
+from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
 from locolib.kernels import rings as kernel_rings
 from locolib.kernels import squared_distances
+from locolib.notebook import FIGURE_WIDTH
 
 Position = tuple[int, int]
 EPSILON = sympy.Symbol("epsilon", nonnegative=True)
@@ -349,3 +352,33 @@ def draw_particles(ax: Any, window: Any, scale: float, title: str) -> None:
         ax.text(p[1], p[0], m[p], ha="center", va="center", color="white", zorder=3)
     ax.set(xlim=(-0.7, m.rows - 0.3), ylim=(m.rows - 0.3, -0.7), aspect="equal", title=title)
     ax.axis("off")
+
+
+def draw_ring_bounds(table: pd.DataFrame, ks: Sequence[int], qs: Sequence[Any]) -> Figure:
+    """The bounds of :func:`ring_pair_table` (``table``: its rows for every grid size of ``ks`` and
+    exponent of ``qs``) as one panel per grid size (row, sized by it) and exponent (column): closer
+    ring R_1 down, farther ring R_2 across, one log colour scale, each entry with two significant
+    digits at 9 pt. (Chapter 01; Figure 1)"""
+    fig, axes = plt.subplots(len(ks), len(qs), figsize=(FIGURE_WIDTH, 5.0), squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": list(ks)})
+    for row, k in zip(axes, ks):
+        distances = list(rings(k))
+        names = [f"${sympy.latex(d)}$" for d in distances]
+        for ax, q in zip(row, qs):
+            grid = np.full((len(names), len(names)), np.nan)
+            for r in table[(table.k == k) & (table.q == q)].itertuples():
+                grid[distances.index(r.inner), distances.index(r.outer)] = r.bound_float
+            image = ax.imshow(grid, cmap="viridis", norm="log", vmin=table.bound_float.min(),
+                              vmax=table.bound_float.max())
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2g}".removeprefix("0"), ha="center", va="center", fontsize=9,
+                            color="white" if v < 0.5 else "black")
+            ax.set_xticks(range(len(names)), names)
+            ax.set_yticks(range(len(names)), names)
+            ax.set_title(f"{k} x {k}, q = {q}")
+        row[0].set_ylabel("closer ring $R_1$")
+    for ax in axes[-1]:
+        ax.set_xlabel("farther ring $R_2$")
+    fig.colorbar(image, ax=axes, location="bottom", shrink=0.5, label=r"bound on $\epsilon$ (log scale)")
+    return fig

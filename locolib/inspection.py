@@ -39,6 +39,7 @@ __all__ = [
     "conv_input_sizes",
     "relu_names",
     "feature_maps",
+    "plot_feature_maps",
     "neighbour_correlation",
     "position_means",
     "ring_means",
@@ -322,6 +323,32 @@ def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None 
         ax.set_title(col + " per layer, L2 runs")
     axes[-1].set_xlabel("spatial conv layer (input side first)")
     axes[0].legend()
+    return fig
+
+
+def plot_feature_maps(images: np.ndarray, maps: Mapping[str, torch.Tensor], layers: Sequence[int],
+                      n_channels: int = 4) -> plt.Figure:
+    """Chapter 04's Figure 1: one row per input of ``images`` (N x C x H x W, its first channel shown
+    on the left), then for each layer of ``maps`` (name -> N x channels x h x w, the layers
+    ``layers``, counted from 0) its ``n_channels`` channels most active on these inputs, in
+    grayscale with white = high, each map on its own scale."""
+    fig, axes = plt.subplots(len(images), 1 + n_channels * len(maps), figsize=(FIGURE_WIDTH, 0.62 * len(images) + 0.4),
+                             squeeze=False)
+    for li, (layer, m) in enumerate(zip(layers, maps.values(), strict=True)):
+        for c, ch in enumerate(m.mean(dim=(0, 2, 3)).argsort(descending=True)[:n_channels]):
+            for r in range(len(images)):
+                axes[r, 1 + n_channels * li + c].imshow(m[r, ch], cmap="gray", vmin=0,
+                                                        vmax=max(float(m[r, ch].max()), 1e-12))
+        # one title per layer, over its channels
+        axes[0, 1 + n_channels * li].set_title(f"layer {layer + 1}: {m.shape[-1]}x{m.shape[-1]}", fontsize=9,
+                                               loc="left")
+    for r, image in enumerate(images):
+        axes[r, 0].imshow(image[0], cmap="gray")
+    axes[0, 0].set_title("input", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.06, hspace=0.06)
     return fig
 
 

@@ -13,7 +13,11 @@ import numpy as np
 
 from locolib.results import RESULTS_ENV
 
-PROFILES = ("smoke", "default", "gpu")
+#: The profiles every chapter writes out (``smoke``: seconds on a CPU, the tests' run; ``default``:
+#: what the book shows), and all the book can be built with (a chapter without ``gpu`` shows its
+#: default there).
+REQUIRED_PROFILES = ("smoke", "default")
+PROFILES = (*REQUIRED_PROFILES, "gpu")
 
 # The width of the book's figures in inches: at 100 dpi, with the inline backend's small margin,
 # they fit the text column (676 px of content at a 1280 px window) unscaled, so their fonts are
