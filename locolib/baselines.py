@@ -17,7 +17,7 @@ __all__ = ["classical_errors"]
 def classical_errors(dataset: str, seed: int = 0, root: str = "data") -> dict[str, float]:
     """Test errors (fractions) of logistic regression and an RBF support-vector machine trained on
     the raw pixels of ``dataset``'s training split (``seed``: the split, as RunConfig's
-    ``data_seed``), evaluated on its test split. Deterministic."""
+    ``data_seed``), evaluated on its test split. Deterministic. (Chapter 05)"""
     data = load_dataset(dataset, root=root, seed=seed)
     x_train = data.x_train.flatten(1).numpy() / 255.0
     x_test = data.x_test.flatten(1).numpy() / 255.0

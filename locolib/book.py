@@ -20,7 +20,9 @@ from locolib.notebook import PROFILES, read_parameters, run_notebook
 
 
 def toc_notebooks(root: Path) -> list[Path]:
-    """The notebooks named in ``book/_toc.yml``, in reading order, as paths under ``root``."""
+    """The notebooks named in ``book/_toc.yml``, in reading order, as paths under ``root``.
+    (Chapters 01-07: the book build)
+    """
     toc = yaml.safe_load((root / "book" / "_toc.yml").read_text())
     files: list[str] = []
 
@@ -43,7 +45,9 @@ def toc_notebooks(root: Path) -> list[Path]:
 
 
 def copy_sources(root: Path, staging: Path) -> Path:
-    """Copy the book's sources (``book/``, ``_config.yml``) to an empty ``staging``; return it."""
+    """Copy the book's sources (``book/``, ``_config.yml``) to an empty ``staging``; return it.
+    (Chapters 01-07: the book build)
+    """
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(root / "book", staging / "book")
@@ -52,7 +56,9 @@ def copy_sources(root: Path, staging: Path) -> Path:
 
 
 def execute_chapter(root: Path, notebook: Path, staging: Path, profile: str) -> Path:
-    """Execute ``notebook`` (under ``root``) into its place in ``staging``; return that path."""
+    """Execute ``notebook`` (under ``root``) into its place in ``staging``; return that path.
+    (Chapters 01-07: the book build)
+    """
     # A chapter without a setting for this profile (no GPU work in it, say) shows its default.
     chosen = profile if profile in read_parameters(notebook).get("profiles", {}) else "default"
     start = time.perf_counter()
@@ -65,7 +71,9 @@ def execute_chapter(root: Path, notebook: Path, staging: Path, profile: str) -> 
 
 def hide_injected_parameters(path: Path) -> None:
     """Tag the cell papermill injected (``injected-parameters``) ``remove-cell``: the page shows
-    the chapter's own ``parameters`` cell once, not a second copy with the build's values."""
+    the chapter's own ``parameters`` cell once, not a second copy with the build's values.
+    (Chapters 01-07: the book build)
+    """
     import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     nb = nbformat.read(path, as_version=4)
@@ -77,7 +85,9 @@ def hide_injected_parameters(path: Path) -> None:
 
 
 def stage(root: Path, staging: Path, profile: str) -> Path:
-    """Copy the book's sources to ``staging`` and execute each notebook there; return ``staging``."""
+    """Copy the book's sources to ``staging`` and execute each notebook there; return ``staging``.
+    (Chapters 01-07: the book build)
+    """
     copy_sources(root, staging)
     for notebook in toc_notebooks(root):
         execute_chapter(root, notebook, staging, profile)
@@ -87,7 +97,7 @@ def stage(root: Path, staging: Path, profile: str) -> Path:
 def render(staging: Path, path_output: Path) -> Path:
     """Render the executed book in ``staging`` with jupyter-book; return ``path_output/_build/html``.
 
-    Fails on any Sphinx warning (``-W``)."""
+    Fails on any Sphinx warning (``-W``). (Chapters 01-07: the book build)"""
     command = [
         sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(staging),
         "--path-output", str(path_output),
@@ -102,12 +112,14 @@ def render(staging: Path, path_output: Path) -> Path:
 def build(root: Path, path_output: Path, profile: str = "default") -> Path:
     """Execute and render the whole book; return ``path_output/_build/html``.
 
-    Fails on any cell error (papermill raises) and on any Sphinx warning (``-W``).
+    Fails on any cell error (papermill raises) and on any Sphinx warning (``-W``). (Chapters 01-07: the book build)
     """
     return render(stage(root, path_output / "_build" / "stage", profile), path_output)
 
 
 def find_root(start: Path) -> Path:
+    """The repository root at or above ``start`` (a folder with ``_config.yml`` and ``book/_toc.yml``).
+    (Chapters 01-07: the book build)"""
     for folder in (start, *start.parents):
         if (folder / "_config.yml").exists() and (folder / "book" / "_toc.yml").exists():
             return folder
@@ -115,6 +127,7 @@ def find_root(start: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m locolib.book``: build the book with one profile. (Chapters 01-07: the book build)"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default", choices=PROFILES)
     parser.add_argument("--path-output", type=Path, default=None,

@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from locolib.config import RunConfig
 from locolib.data import dataset_spec
 from locolib.models import build_model
-from locolib.plans import FIXED_LOCO, Arm, Study, study
+from locolib.plans import FIXED_LOCO, GROUPS, Arm, Study, study
 from locolib.stats import minimum_detectable_effect
 
 __all__ = ["Device", "devices", "PROFILE_DEVICE", "H100_RESNET18_IMAGES_PER_S", "flops_per_image",
@@ -44,7 +44,9 @@ __all__ = ["Device", "devices", "PROFILE_DEVICE", "H100_RESNET18_IMAGES_PER_S", 
 @dataclass(frozen=True)
 class Device:
     """A device's speed on the book's networks: effective FLOP/s in its autocast precision and
-    a fixed cost per step or evaluation batch."""
+    a fixed cost per step or evaluation batch.
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
 
     name: str
     flops_per_s: float
@@ -74,7 +76,8 @@ def _measured_h100() -> Device:
 @cache
 def devices() -> dict[str, Device]:
     """The devices a profile's cost is estimated for: the H100 measured, the T4 and A100
-    assumed (no measurement yet: replace them with gpu_check.py's figures)."""
+    assumed (no measurement yet: replace them with gpu_check.py's figures).
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)"""
     h100 = _measured_h100()
     return {
         "t4": Device("NVIDIA T4 (Colab's free GPU), float16", 8e12, 3e-3,
@@ -90,16 +93,15 @@ def devices() -> dict[str, Device]:
 
 
 #: Where each GPU profile is meant to run.
-PROFILE_DEVICE: dict[str, str] = {"colab": "t4", "gpu": "h100", "gpu_cifar100": "h100",
-                                  "gpu_fashion_mnist": "h100", "paper_cifar10": "h100",
-                                  "paper_cifar100": "h100", "paper_fashion_mnist": "h100"}
+PROFILE_DEVICE: dict[str, str] = {"colab": "t4", **dict.fromkeys((*GROUPS["gpu_all"], *GROUPS["paper"]), "h100")}
 
 
 @cache
 def flops_per_image(network: str, width: float, in_channels: int, num_classes: int,
                     kernel_size: int = 3) -> tuple[float, float]:
     """FLOPs per image of a training step (forward and backward) and of an evaluation,
-    counted on the meta device (shapes only: nothing is computed or drawn at random)."""
+    counted on the meta device (shapes only: nothing is computed or drawn at random).
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)"""
     with torch.device("meta"):
         model = build_model(network, num_classes, in_channels, width=width,
                             kernel_size=kernel_size)
@@ -113,7 +115,9 @@ def flops_per_image(network: str, width: float, in_channels: int, num_classes: i
 
 
 def run_seconds(config: RunConfig, device: Device, eval_batch: int = 1000) -> float:
-    """Estimated seconds of one run of ``config`` on ``device`` (see the module docstring)."""
+    """Estimated seconds of one run of ``config`` on ``device`` (see the module docstring).
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
     spec = dataset_spec(config.dataset)
     n_train = min(config.train_subset or spec.n_train, spec.n_train)
     train_f, eval_f = flops_per_image(config.network, config.width, spec.channels,
@@ -130,7 +134,9 @@ def run_seconds(config: RunConfig, device: Device, eval_batch: int = 1000) -> fl
 def study_runs(s: Study) -> list[RunConfig]:
     """Every run of a study: its arms, its parameter runs, and the LOCO-REG runs with Table 6's
     parameters (counted with the fixed LOCO-REG: they cost what runs with layer-wise values
-    cost; a run that two arms share is counted once)."""
+    cost; a run that two arms share is counted once).
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
     fixed = {a.network: {**a.fields, **FIXED_LOCO} for a in s.parameter_arms}
     layerwise = [Arm(f"loco_table6/{net}", net, "loco", seeds, fixed[net])
                  for net, seeds in s.layerwise.items()]
@@ -141,13 +147,17 @@ def study_runs(s: Study) -> list[RunConfig]:
 
 
 def study_seconds(s: Study, device: Device) -> float:
-    """Estimated seconds of all :func:`study_runs` on ``device``, one after the other."""
+    """Estimated seconds of all :func:`study_runs` on ``device``, one after the other.
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
     return sum(run_seconds(c, device) for c in study_runs(s))
 
 
 def paired_sd(s: Study, arm: str, records: Iterable[Mapping[str, Any]]) -> tuple[float, int]:
     """Standard deviation (pp) of the per-seed test-error differences between ``arm`` and its
-    reference arm in ``records``, and the number of pairs found."""
+    reference arm in ``records``, and the number of pairs found.
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
     a = s.arm(arm)
     ref = s.arm(a.reference)
     by_key = {r["key"]: r for r in records}
@@ -160,7 +170,9 @@ def paired_sd(s: Study, arm: str, records: Iterable[Mapping[str, Any]]) -> tuple
 
 
 def comparisons(s: Study) -> dict[str, tuple[str, int]]:
-    """Every paired comparison of a study: name -> (network, pairs)."""
+    """Every paired comparison of a study: name -> (network, pairs).
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
     out = {a.name: (a.network, len(a.seeds)) for a in s.arms if a.reference is not None}
     out.update({f"loco_table6/{net}": (net, len(seeds)) for net, seeds in s.layerwise.items()})
     if s.table6_network is not None:
@@ -171,7 +183,9 @@ def comparisons(s: Study) -> dict[str, tuple[str, int]]:
 def profile_summary(profile: str) -> dict[str, Any]:
     """A GPU profile's runs, estimated hours on each device of :func:`devices` (``hours``: on
     the profile's own device, :data:`PROFILE_DEVICE`), the paired SD its pairs were sized with
-    and the smallest effect (pp) each comparison detects (power 0.8, two-sided 5%)."""
+    and the smallest effect (pp) each comparison detects (power 0.8, two-sided 5%).
+    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
+    """
     s = study(profile)
     if not s.paired_sd:
         raise ValueError(f"profile {profile!r} states no paired SD (a GPU profile does)")

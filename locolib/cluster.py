@@ -67,7 +67,9 @@ def _import(name: str):
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    """Where a sweep's tasks run (the ``--dask`` options of ``locolib-sweep``)."""
+    """Where a sweep's tasks run (the ``--dask`` options of ``locolib-sweep``).
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
 
     address: str  # "local", "slurm", "tls://host:port" or "tcp://host:port"
     workers: int | None = None  # local: worker processes; slurm: jobs
@@ -99,7 +101,9 @@ class ClusterOptions:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """The ``--dask`` option group of ``locolib-sweep``."""
+    """The ``--dask`` option group of ``locolib-sweep``.
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     g = parser.add_argument_group("Dask cluster (pip install 'locolib[cluster]')")
     g.add_argument("--dask", metavar="ADDRESS", default=None,
                    help="run each training run as a Dask task: local (a cluster on this machine, "
@@ -131,7 +135,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(a: argparse.Namespace) -> ClusterOptions:
-    """:class:`ClusterOptions` from parsed ``locolib-sweep`` arguments (ValueError if bad)."""
+    """:class:`ClusterOptions` from parsed ``locolib-sweep`` arguments (ValueError if bad).
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     return ClusterOptions(a.dask, a.dask_workers, a.runs_per_gpu, a.slurm_partition, a.slurm_gpus,
                           a.slurm_cores, a.slurm_memory, a.slurm_walltime, a.dask_tls_ca,
                           a.dask_tls_cert, a.dask_tls_key, a.dask_dashboard)
@@ -162,7 +168,7 @@ def slurm_job_kwargs(options: ClusterOptions) -> dict[str, Any]:
     ``walltime`` and the partition; with GPUs, ``--gres=gpu:<gpus>`` and ``gpus *
     runs_per_gpu`` worker processes, each offering ``1 / runs_per_gpu`` of a GPU resource
     (:func:`_worker_device` spreads them over the job's GPUs); without, one single-threaded
-    worker per core."""
+    worker per core. (Chapters 05-07: their studies trained on Dask or SLURM, the running page)"""
     if options.gpus:
         processes = options.gpus * options.runs_per_gpu
         resources = ["--resources", f"GPU={1 / options.runs_per_gpu:g}"]
@@ -177,14 +183,16 @@ def slurm_job_kwargs(options: ClusterOptions) -> dict[str, Any]:
 
 def job_script(options: ClusterOptions, scheduler: str = "tls://scheduler:8786") -> str:
     """The batch script one SLURM worker job runs (what ``--dask slurm`` submits), rendered
-    without starting anything."""
+    without starting anything. (Chapters 05-07: their studies trained on Dask or SLURM, the running page)"""
     jobqueue = _import("dask_jobqueue")
     return jobqueue.slurm.SLURMJob(scheduler=scheduler, name="locolib-worker",
                                    **slurm_job_kwargs(options)).job_script()
 
 
 def describe(options: ClusterOptions, device: str | None = None) -> str:
-    """What ``--dask`` would start or join (for ``--dry-run``)."""
+    """What ``--dask`` would start or join (for ``--dry-run``).
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     gpu = _uses_gpu(options, device)
     share = f", {options.runs_per_gpu} runs per GPU" if gpu else ""
     if options.address == "local":
@@ -203,7 +211,9 @@ def security(options: ClusterOptions) -> Any:
     """The ``distributed.Security`` of the cluster ``options`` names: for ``local`` and
     ``slurm`` temporary credentials, made here and held by this sweep's processes only; for a
     ``tls://`` scheduler the files of ``options`` (else distributed's configuration,
-    ``distributed.comm.tls``); for ``tcp://`` None."""
+    ``distributed.comm.tls``); for ``tcp://`` None.
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     distributed = _import("distributed")
     if options.address.startswith("tcp://"):
         return None
@@ -233,7 +243,9 @@ def connect(options: ClusterOptions, device: str | None = None,
     """A ``distributed.Client`` of the cluster ``options`` name, over TLS (:func:`security`),
     closed (and a cluster started here shut down) on exit. ``shared_dir``: for ``slurm``, a
     folder the jobs see, where their copy of the temporary credentials goes (readable by this
-    user only; default: the working directory)."""
+    user only; default: the working directory).
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     distributed = _import("distributed")
     gpu = _uses_gpu(options, device)
     sec = security(options)
@@ -289,7 +301,7 @@ def train_task(config: RunConfig, results_dir: str, checkpoint_dir: str | None,
     """One run on a Dask worker: :func:`locolib.train.train`, reporting every epoch to
     :data:`PROGRESS_TOPIC`. If the run is locked (its former worker died on another machine and
     its lock is not yet stale, or another process is training it), poll until it can be
-    trained or its record appears."""
+    trained or its record appears. (Chapters 05-07: their studies trained on Dask or SLURM, the running page)"""
     worker = _import("distributed").get_worker()
     torch.set_num_threads(threads)
 
@@ -315,7 +327,9 @@ def submit(client, configs: Sequence[RunConfig], results_dir: str | Path | None 
            download: bool = True, poll_s: float = 10.0) -> list:
     """One future per run of ``configs``, in plan order (Dask runs earlier runs first). ``gpu``:
     declare ``1 / runs_per_gpu`` of a GPU resource per task (None: if the cluster's workers offer
-    one). The task key is the run's key, so that a scheduler holds each run once."""
+    one). The task key is the run's key, so that a scheduler holds each run once.
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     if gpu is None:
         client.wait_for_workers(1)
         gpu = any("GPU" in w.get("resources", {})
@@ -331,7 +345,9 @@ def submit(client, configs: Sequence[RunConfig], results_dir: str | Path | None 
 
 def collect(client, futures: Sequence, log: Callable[[str], None] | None = print) -> list[dict]:
     """The records of ``futures`` in their order, once all are done; ``log`` gets a line per
-    epoch (streamed from the workers) and per finished run."""
+    epoch (streamed from the workers) and per finished run.
+    (Chapters 05-07: their studies trained on Dask or SLURM, the running page)
+    """
     distributed = _import("distributed")
     if log is not None:
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: log(
@@ -357,7 +373,7 @@ def run_on_dask(configs: Sequence[RunConfig], options: ClusterOptions,
     """Train every run of ``configs`` as Dask tasks on the cluster ``options`` names and return
     all their records in plan order (the ``--dask`` path of ``locolib-sweep``).
     ``train_kwargs``: ``checkpoint_dir``, ``model_dir``, ``stale_after``, ``download`` of
-    :func:`submit`."""
+    :func:`submit`. (Chapters 05-07: their studies trained on Dask or SLURM, the running page)"""
     shared = train_kwargs.get("checkpoint_dir") or default_checkpoint_dir(results_dir)
     with connect(options, device, shared_dir=shared) as client:
         gpu = None if "://" in options.address else _uses_gpu(options, device)

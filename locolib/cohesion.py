@@ -21,13 +21,16 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import sympy
+from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
 from locolib.kernels import rings as kernel_rings
 from locolib.kernels import squared_distances
+from locolib.notebook import FIGURE_WIDTH
 
 Position = tuple[int, int]
 EPSILON = sympy.Symbol("epsilon", nonnegative=True)
@@ -35,12 +38,12 @@ Q = sympy.Symbol("q", positive=True)
 
 
 def mass_matrix(k: int = 3, name: str = "m") -> sympy.Matrix:
-    """k x k positive symbols ``m_{i,j}``."""
+    """k x k positive symbols ``m_{i,j}``. (Chapter 01)"""
     return sympy.Matrix(k, k, lambda i, j: sympy.Symbol(f"{name}_{{{i},{j}}}", positive=True))
 
 
 def positions(k: int) -> list[Position]:
-    """All index positions of a k x k grid, row by row."""
+    """All index positions of a k x k grid, row by row. (Chapters 01, 03)"""
     return list(itertools.product(range(k), repeat=2))
 
 
@@ -82,21 +85,21 @@ def _weight(a: Position, r: Position, q: sympy.Expr) -> sympy.Expr:
 
 
 def pair_forces(masses: Any, q: Any = 2) -> dict[tuple[Position, Position], sympy.Expr]:
-    """F(m_a, m_b) for every unordered pair of distinct positions (a before b, row by row)."""
+    """F(m_a, m_b) for every unordered pair of distinct positions (a before b, row by row). (Chapters 01, 03)"""
     m, q = _masses(masses), _exponent(q)
     pairs = itertools.combinations(positions(m.rows), 2)
     return {(a, b): m[a] * m[b] * _weight(a, b, q) for a, b in pairs}
 
 
 def total_force(masses: Any, q: Any = 2) -> sympy.Expr:
-    """Cohesion F_tot: the sum of F over each unordered pair once (the paper's sum is twice this)."""
+    """Cohesion F_tot: the sum of F over each unordered pair once (the paper's sum is twice this). (Chapters 01, 03)"""
     return sympy.Add(*pair_forces(masses, q).values())
 
 
 def contribution(masses: Any, a: Sequence[int], q: Any = 2) -> sympy.Expr:
     """All interactions involving the mass at ``a``: the paper's F_c, F_n, F_co (Eq. 4.1).
 
-    F_tot minus this does not depend on m_a, so its derivative in m_a is that of F_tot.
+    F_tot minus this does not depend on m_a, so its derivative in m_a is that of F_tot. (Chapter 01)
     """
     m, q = _masses(masses), _exponent(q)
     a = _position(a, m.rows)
@@ -104,7 +107,7 @@ def contribution(masses: Any, a: Sequence[int], q: Any = 2) -> sympy.Expr:
 
 
 def gradient(masses: Any, q: Any = 2) -> sympy.Matrix:
-    """dF_tot/dm_a at every position a: sum over r != a of m_r / d(a, r)^q (F_tot is bilinear)."""
+    """dF_tot/dm_a at every position a: sum over r != a of m_r / d(a, r)^q (F_tot is bilinear). (Chapter 01)"""
     m, q = _masses(masses), _exponent(q)
     grid = positions(m.rows)
     return sympy.Matrix(
@@ -113,14 +116,14 @@ def gradient(masses: Any, q: Any = 2) -> sympy.Matrix:
 
 
 def derivative_gap(masses: Any, a: Sequence[int], b: Sequence[int], q: Any = 2) -> sympy.Expr:
-    """dF_tot/dm_a - dF_tot/dm_b; positive means growing m_a adds more cohesion than m_b."""
+    """dF_tot/dm_a - dF_tot/dm_b; positive means growing m_a adds more cohesion than m_b. (Chapter 01)"""
     g = gradient(masses, q)
     a, b = _pair(a, b, g.rows)
     return g[a] - g[b]
 
 
 def gap_coefficients(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2) -> sympy.Matrix:
-    """C with dF_tot/dm_a - dF_tot/dm_b = sum_r C[r] m_r, i.e. C[r] = 1/d(a,r)^q - 1/d(b,r)^q."""
+    """C with dF_tot/dm_a - dF_tot/dm_b = sum_r C[r] m_r, i.e. C[r] = 1/d(a,r)^q - 1/d(b,r)^q. (Chapter 01)"""
     q = _exponent(q)
     a, b = _pair(a, b, k)
     return sympy.Matrix(k, k, lambda i, j: _weight(a, (i, j), q) - _weight(b, (i, j), q))
@@ -129,7 +132,7 @@ def gap_coefficients(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2)
 def nearer(a: Sequence[int], b: Sequence[int], k: int = 3) -> list[Position]:
     """Positions r nearer to a than to b, i.e. with C[r] > 0 in ``gap_coefficients``.
 
-    1/d^q falls with d for every q > 0, so the sign of C[r] is exact integer arithmetic.
+    1/d^q falls with d for every q > 0, so the sign of C[r] is exact integer arithmetic. (Chapter 01)
     """
     a, b = _pair(a, b, k)
     return [r for r in positions(k) if _d2(a, r) < _d2(b, r)]
@@ -148,7 +151,7 @@ def epsilon_bound(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2) ->
 
     N > 0 always (m_a itself has coefficient -1/d(a, b)^q: a heavier m_a raises only
     dF_tot/dm_b), so the bound is finite. It is 0 when the ordering already fails (or ties) for
-    equal masses, P <= N; no epsilon works then.
+    equal masses, P <= N; no epsilon works then. (Chapter 01)
     """
     c = gap_coefficients(a, b, k, q)
     positive = sympy.Add(*(c[r] for r in nearer(a, b, k)))
@@ -162,7 +165,7 @@ def worst_case(
     """Masses in units of m' minimising dF_tot/dm_a - dF_tot/dm_b over [m', (1 + epsilon) m'].
 
     Heavy, (1 + epsilon), exactly where a part is nearer to b than to a (b included): the same
-    distribution for every exponent q.
+    distribution for every exponent q. (Chapter 01)
     """
     heavy = nearer(b, a, k)
     return sympy.Matrix(k, k, lambda i, j: 1 + epsilon if (i, j) in heavy else sympy.Integer(1))
@@ -176,7 +179,7 @@ def vertex_minimum(
 
     The gap is linear in the masses, so this is its minimum over the whole box: a check of
     ``epsilon_bound`` and ``worst_case`` that does not use their formula. The search runs in floats,
-    the returned gap is exact (Cohesion chapter; k <= 4).
+    the returned gap is exact (Cohesion chapter; k <= 4). (Chapter 01)
     """
     a, b = _pair(a, b, k)
     if k > 4:
@@ -199,7 +202,7 @@ def is_tight(a: Sequence[int], b: Sequence[int], k: int = 3, q: Any = 2) -> bool
     bound and no further.
 
     Any larger epsilon then admits a violation: the minimiser's gap is linear in epsilon, 0 at the
-    bound and positive at epsilon = 0 (equal masses, checked too), so it falls beyond the bound.
+    bound and positive at epsilon = 0 (equal masses, checked too), so it falls beyond the bound. (Chapter 01)
     """
     bound = epsilon_bound(a, b, k, q)
     equal = derivative_gap(sympy.ones(k, k), a, b, q)
@@ -211,7 +214,7 @@ def heavy_threshold(a: Sequence[int], b: Sequence[int], heavy: Sequence[int], k:
     m_b adds more cohesion than growing m_a; sympy.oo if a heavier part never makes it so.
 
     The gap dF_tot/dm_a - dF_tot/dm_b is linear in M, so the threshold is exact (Cohesion chapter:
-    the paper's "pathological" large-corner case).
+    the paper's "pathological" large-corner case). (Chapter 01)
     """
     a, b = _pair(a, b, k)
     heavy = _position(heavy, k)
@@ -224,7 +227,7 @@ def heavy_threshold(a: Sequence[int], b: Sequence[int], heavy: Sequence[int], k:
 def spread(masses: Any) -> sympy.Expr:
     """max / min - 1: the masses lie in [m', (1 + eps) m'] exactly for eps >= this (m' = min), so
     Theorem 1 covers them iff it is below the theorem's bound; sympy.oo if a mass is <= 0 while
-    another is larger (no box with m' > 0 holds them; Cohesion chapter)."""
+    another is larger (no box with m' > 0 holds them; Cohesion chapter). (Chapter 01)"""
     m = _masses(masses)
     low, high = min(m), max(m)
     return high / low - 1 if low > 0 else (sympy.Integer(0) if low == high else sympy.oo)
@@ -232,7 +235,7 @@ def spread(masses: Any) -> sympy.Expr:
 
 def rings(k: int) -> dict[sympy.Expr, list[Position]]:
     """Positions of a k x k grid (k odd) grouped by their exact distance from its centre, nearest
-    first: the rings of :func:`locolib.kernels.rings`, keyed by distance instead of name."""
+    first: the rings of :func:`locolib.kernels.rings`, keyed by distance instead of name. (Chapter 01)"""
     return {sympy.sqrt(d2): list(group)
             for d2, group in zip(squared_distances(k), kernel_rings(k).values())}
 
@@ -242,7 +245,7 @@ def ring_pair_table(k: int = 3, q: Any = 2) -> pd.DataFrame:
 
     Up to that epsilon, growing any mass of R1 adds more cohesion than growing any mass of R2.
     Columns: k, q, inner, outer (distances from the centre), bound (exact), bound_float,
-    a, b (a pair attaining the minimum).
+    a, b (a pair attaining the minimum). (Chapter 01)
     """
     groups = list(rings(k).items())
     rows = []
@@ -255,14 +258,14 @@ def ring_pair_table(k: int = 3, q: Any = 2) -> pd.DataFrame:
 
 
 def ordering_bound(k: int = 3, q: Any = 2) -> sympy.Expr:
-    """Largest epsilon up to which every closer ring beats every farther one (Theorem 1 for k=3)."""
+    """Largest epsilon up to which every closer ring beats every farther one (Theorem 1 for k=3). (Chapter 01)"""
     return min(ring_pair_table(k, q)["bound"])
 
 
 # The paper's printed formulas (c0 = 1), transcribed for a term-by-term check.
 
 def paper_eq41(masses: Any = None, q: Any = Q) -> dict[Position, sympy.Expr]:
-    """Eq. 4.1 as printed: F_c (centre (1,1)), F_n (neighbour (0,1)), F_co (corner (0,0))."""
+    """Eq. 4.1 as printed: F_c (centre (1,1)), F_n (neighbour (0,1)), F_co (corner (0,0)). (Chapter 01)"""
     m = mass_matrix(3) if masses is None else _masses(masses)
     s2, s5, s8 = (sympy.sqrt(n**q) for n in (2, 5, 8))
     neighbours = m[1, 0] + m[0, 1] + m[2, 1] + m[1, 2]
@@ -278,7 +281,7 @@ def paper_eq41(masses: Any = None, q: Any = Q) -> dict[Position, sympy.Expr]:
 
 def paper_eq42(masses: Any = None) -> dict[Position, sympy.Expr]:
     """Eq. 4.2 as printed (q = 2): dF_c/dm_{1,1}, dF_n/dm_{0,1}, dF_co/dm_{0,0}, and the proof's
-    later dF_co/dm_{2,0}; keyed by the position differentiated."""
+    later dF_co/dm_{2,0}; keyed by the position differentiated. (Chapter 01)"""
     m = mass_matrix(3) if masses is None else _masses(masses)
     half, quarter, fifth, eighth = (sympy.Rational(1, n) for n in (2, 4, 5, 8))
     neighbours = m[1, 0] + m[0, 1] + m[2, 1] + m[1, 2]
@@ -297,7 +300,7 @@ def paper_eq42(masses: Any = None) -> dict[Position, sympy.Expr]:
 def paper_worst_case_lines() -> list[dict[str, Any]]:
     """The proof's worst-case substitutions (units of c0 m'), each as printed and its printed total.
 
-    ``at`` is the position differentiated while comparing ``a`` (left side) against ``b``.
+    ``at`` is the position differentiated while comparing ``a`` (left side) against ``b``. (Chapter 01)
     """
     e, r = EPSILON, sympy.Rational
     lines = [
@@ -327,7 +330,7 @@ FIGURE3_INPUT = (
 
 
 def window_table(grid: Any, k: int = 3, q: Any = 2) -> pd.DataFrame:
-    """Every k x k window of ``grid``: its centre (row, col), centre value, sum and F_tot (exact)."""
+    """Every k x k window of ``grid``: its centre (row, col), centre value, sum and F_tot (exact). (Chapter 01)"""
     g = sympy.Matrix(grid)
     rows = []
     for i, j in itertools.product(range(g.rows - k + 1), range(g.cols - k + 1)):
@@ -339,7 +342,7 @@ def window_table(grid: Any, k: int = 3, q: Any = 2) -> pd.DataFrame:
 
 def draw_particles(ax: Any, window: Any, scale: float, title: str) -> None:
     """A window as interacting particles, after the paper's Figure 4 (Cohesion chapter): masses as
-    circles (area ~ mass), forces as arcs (width ~ force / scale); arcs keep collinear pairs apart."""
+    circles (area ~ mass), forces as arcs (width ~ force / scale); arcs keep collinear pairs apart. (Chapter 01)"""
     m = _masses(window)
     for (a, b), f in pair_forces(m).items():
         ax.add_patch(FancyArrowPatch(a[::-1], b[::-1], arrowstyle="-", connectionstyle="arc3,rad=0.25",
@@ -349,3 +352,33 @@ def draw_particles(ax: Any, window: Any, scale: float, title: str) -> None:
         ax.text(p[1], p[0], m[p], ha="center", va="center", color="white", zorder=3)
     ax.set(xlim=(-0.7, m.rows - 0.3), ylim=(m.rows - 0.3, -0.7), aspect="equal", title=title)
     ax.axis("off")
+
+
+def draw_ring_bounds(table: pd.DataFrame, ks: Sequence[int], qs: Sequence[Any]) -> Figure:
+    """The bounds of :func:`ring_pair_table` (``table``: its rows for every grid size of ``ks`` and
+    exponent of ``qs``) as one panel per grid size (row, sized by it) and exponent (column): closer
+    ring R_1 down, farther ring R_2 across, one log colour scale, each entry with two significant
+    digits at 9 pt. (Chapter 01; Figure 1)"""
+    fig, axes = plt.subplots(len(ks), len(qs), figsize=(FIGURE_WIDTH, 5.0), squeeze=False, layout="constrained",
+                             gridspec_kw={"height_ratios": list(ks)})
+    for row, k in zip(axes, ks):
+        distances = list(rings(k))
+        names = [f"${sympy.latex(d)}$" for d in distances]
+        for ax, q in zip(row, qs):
+            grid = np.full((len(names), len(names)), np.nan)
+            for r in table[(table.k == k) & (table.q == q)].itertuples():
+                grid[distances.index(r.inner), distances.index(r.outer)] = r.bound_float
+            image = ax.imshow(grid, cmap="viridis", norm="log", vmin=table.bound_float.min(),
+                              vmax=table.bound_float.max())
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2g}".removeprefix("0"), ha="center", va="center", fontsize=9,
+                            color="white" if v < 0.5 else "black")
+            ax.set_xticks(range(len(names)), names)
+            ax.set_yticks(range(len(names)), names)
+            ax.set_title(f"{k} x {k}, q = {q}")
+        row[0].set_ylabel("closer ring $R_1$")
+    for ax in axes[-1]:
+        ax.set_xlabel("farther ring $R_2$")
+    fig.colorbar(image, ax=axes, location="bottom", shrink=0.5, label=r"bound on $\epsilon$ (log scale)")
+    return fig

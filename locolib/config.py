@@ -85,6 +85,8 @@ def config_field(default: Any = dataclasses.MISSING, help: str = "", *, hashed: 
        column: bool = False, protocol: bool = False, cli: bool = True,
        choices: tuple | None = None, bounds: str | None = None,
        parse: Callable[[str], Any] | None = None) -> Any:
+    """A :class:`RunConfig` field with its metadata (``help``, ``hashed``, ``column``, ``protocol``,
+    ``cli``, ``choices``, ``bounds``, ``parse``; CONTRIBUTING.md). (Chapters 04-07)"""
     meta = {"help": help, "hashed": hashed, "column": column, "protocol": protocol, "cli": cli,
             "choices": choices, "bounds": bounds, "parse": parse}
     if isinstance(default, tuple) and default:
@@ -98,7 +100,7 @@ class RunConfig:
 
     ``gamma``/``eta``: LOCO-REG parameters, floats or one value per spatial convolution in
     module order (Table 6); must be 1 for ``regularizer="l2"``. ``milestones``: learning-rate
-    decay points as fractions of ``epochs`` (see :func:`locolib.train.milestone_epochs`).
+    decay points as fractions of ``epochs`` (see :func:`locolib.train.milestone_epochs`). (Chapters 04-07)
     """
 
     dataset: str = config_field(help="dataset name (locolib.data.DATASETS)", column=True, cli=False)
@@ -229,7 +231,7 @@ class RunConfig:
 
 def check_value(name: str, value: Any) -> Any:
     """``value`` as field ``name`` of :class:`RunConfig` holds it (an int or a float), or a
-    TypeError / ValueError naming the field: of the field's type and within its ``bounds``."""
+    TypeError / ValueError naming the field: of the field's type and within its ``bounds``. (Chapters 04-07)"""
     f = _field(name)
     if value is None and f.default is None:
         return None
@@ -260,12 +262,12 @@ def _plain(v: Any) -> Any:
 
 def config_fields(flag: str | None = None) -> tuple[str, ...]:
     """Names of :class:`RunConfig`'s fields in order; with ``flag`` (``"hashed"``, ``"column"``,
-    ``"protocol"``, ``"cli"``) only those whose metadata sets it."""
+    ``"protocol"``, ``"cli"``) only those whose metadata sets it. (Chapters 04-07)"""
     return tuple(f.name for f in dataclasses.fields(RunConfig) if flag is None or f.metadata[flag])
 
 
 def field_default(name: str) -> Any:
-    """The default of field ``name`` (``dataclasses.MISSING`` for the four key fields)."""
+    """The default of field ``name`` (``dataclasses.MISSING`` for the four key fields). (Chapters 04-07)"""
     return _default(_field(name))
 
 
@@ -279,5 +281,5 @@ def _field(name: str) -> dataclasses.Field:
 
 def field_info(name: str) -> dict[str, Any]:
     """The metadata of field ``name`` (help, hashed, column, protocol, cli, choices, bounds,
-    parse)."""
+    parse). (Chapters 04-07)"""
     return dict(_field(name).metadata)

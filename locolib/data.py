@@ -35,7 +35,7 @@ __all__ = [
 
 @dataclass
 class ImageData:
-    """A train/test split of 32 x 32 images, stored as uint8 N x C x 32 x 32 and int64 labels."""
+    """A train/test split of 32 x 32 images, stored as uint8 N x C x 32 x 32 and int64 labels. (Chapters 04-07)"""
 
     name: str
     x_train: torch.Tensor
@@ -57,7 +57,7 @@ class ImageData:
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` per channel, on x's device."""
+    """uint8 N x C x H x W -> float32 ``(x / 255 - mean) / std`` per channel, on x's device. (Chapter 04)"""
     mean = mean.to(x.device, torch.float32).view(1, -1, 1, 1)
     std = std.to(x.device, torch.float32).view(1, -1, 1, 1)
     return (x.float() / 255.0 - mean) / std
@@ -153,7 +153,7 @@ def _torchvision(name: str) -> Callable[[Path, bool, int], ImageData]:
 @dataclass(frozen=True)
 class DatasetSpec:
     """A registered dataset: its loader ``load(root, download, seed) -> ImageData`` (seed: the
-    train/test split where the dataset has no fixed one) and what a reader needs to know."""
+    train/test split where the dataset has no fixed one) and what a reader needs to know. (Chapters 04-07)"""
 
     load: Callable[[Path, bool, int], ImageData]
     num_classes: int
@@ -186,7 +186,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    """The registry entry of ``name``, or a ValueError that lists the registered names."""
+    """The registry entry of ``name``, or a ValueError that lists the registered names. (Chapters 04-07)"""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)} "
                          "(or register one in locolib.data.DATASETS)")
@@ -206,7 +206,7 @@ def load_dataset(name: str, root: str | Path = "data", download: bool = False, s
       (native resolution); a stratified split into 1,000 training and 4,000 test images, seeded
       by ``seed``.
 
-    torchvision datasets are read from ``root``; the network is only used when ``download=True``.
+    torchvision datasets are read from ``root``; the network is only used when ``download=True``. (Chapters 04-07)
     """
     return dataset_spec(name).load(Path(root), download, seed)
 
@@ -223,7 +223,7 @@ def validation_split(y: torch.Tensor, n_validation: int, seed: int) -> tuple[tor
     ``seed`` is the run's ``data_seed``, the seed of the whole data split: the same seed always
     gives the same validation set, another seed another one. A study whose split must vary with
     its seeds sets ``data_seed`` to each run's seed (:mod:`locolib.plans`' mechanism study does).
-    For mnist5k, ``n_validation = 2000`` is half of the 4,000 held-out images, 200 per class.
+    For mnist5k, ``n_validation = 2000`` is half of the 4,000 held-out images, 200 per class. (Chapters 04-07)
     """
     n = len(y)
     if not 0 < n_validation < n:
@@ -244,7 +244,7 @@ def augment_params(
     """Random crop offsets and flips for n images, drawn on the generator's device.
 
     Returns ``(top, left, flipped)``: int64 offsets in [0, 2 * pad] into the padded image, and a
-    bool per image. Draw order (fixed, for reproducibility): top, left, then flips.
+    bool per image. Draw order (fixed, for reproducibility): top, left, then flips. (Chapters 04-07)
     """
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
@@ -262,7 +262,7 @@ def apply_augment(
     x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flipped: torch.Tensor, pad: int = 4
 ) -> torch.Tensor:
     """Crop ``x`` (N x C x H x W) at the given offsets of its zero-padded copy, then mirror the
-    crops whose ``flipped`` is True; one gather, no per-image loop."""
+    crops whose ``flipped`` is True; one gather, no per-image loop. (Chapters 04-07)"""
     n, c, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
     dev = x.device
@@ -287,7 +287,7 @@ def augment_batch(
     the image by up to +-4 pixels in each direction (the standard CIFAR augmentation); each image
     is then mirrored left-right with probability 1/2. Deterministic given ``generator``, which
     must live on x's device. Works for any dtype (float after normalisation, or uint8). The
-    padding value is 0: black for raw pixels, the channel mean for a normalised batch.
+    padding value is 0: black for raw pixels, the channel mean for a normalised batch. (Chapters 04-07)
     """
     gd, xd = torch.device(generator.device), x.device
     if gd.type != xd.type or (gd.index is not None and xd.index is not None and gd.index != xd.index):

@@ -39,6 +39,7 @@ __all__ = [
     "conv_input_sizes",
     "relu_names",
     "feature_maps",
+    "plot_feature_maps",
     "neighbour_correlation",
     "position_means",
     "ring_means",
@@ -48,6 +49,11 @@ __all__ = [
     "tap_coverage",
     "run_layers",
     "layer_locality",
+    "untrained_model",
+    "position_profiles",
+    "plot_position_profiles",
+    "plot_layer_locality",
+    "kernels_versus_records",
 ]
 
 
@@ -58,7 +64,7 @@ def relu_names(model: nn.Module) -> list[str]:
     """Names of the ``nn.ReLU`` modules of ``model`` in module order (input side first).
 
     For the book's VGG13 and MobileNet every spatial convolution is followed by BatchNorm and
-    one such ReLU, so these are the feature maps of the conv layers.
+    one such ReLU, so these are the feature maps of the conv layers. (Chapter 04)
     """
     return [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
@@ -68,7 +74,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dic
     """Outputs of the modules ``names`` for input ``x`` (model in eval mode), as CPU tensors.
 
     Hooks are removed afterwards and the model's train/eval mode is restored. Outputs are cloned,
-    so in-place modules (``ReLU(inplace=True)``) are recorded as they leave the module.
+    so in-place modules (``ReLU(inplace=True)``) are recorded as they leave the module. (Chapter 04)
     """
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
@@ -101,7 +107,7 @@ def neighbour_correlation(maps: torch.Tensor | np.ndarray) -> float:
     pixels (each map's pairs pooled). ``maps``: (..., H, W) with H, W >= 2.
 
     Close to 1: values change gradually from pixel to pixel; about 0: no spatial smoothness.
-    Constant maps (e.g. a ReLU map that is zero everywhere) have no correlation and are skipped.
+    Constant maps (e.g. a ReLU map that is zero everywhere) have no correlation and are skipped. (Chapter 04)
     """
     a = torch.as_tensor(np.asarray(maps) if not torch.is_tensor(maps) else maps).double()
     if a.ndim < 2 or a.shape[-1] < 2 or a.shape[-2] < 2:
@@ -124,13 +130,13 @@ def neighbour_correlation(maps: torch.Tensor | np.ndarray) -> float:
 # Weights by position
 # --------------------------------------------------------------------------------------------
 def position_means(layer: Any, absolute: bool = False) -> np.ndarray:
-    """k x k array: the mean of w (or |w|) at each position over all k x k matrices of a layer."""
+    """k x k array: the mean of w (or |w|) at each position over all k x k matrices of a layer. (Chapters 04, 07)"""
     a = as_matrices(layer)
     return (np.abs(a) if absolute else a).mean(axis=0)
 
 
 def ring_means(layer: Any, absolute: bool = True) -> dict[str, float]:
-    """Mean of w (or |w|) over each ring of positions ("c", "n", "co", ...) and all matrices."""
+    """Mean of w (or |w|) over each ring of positions ("c", "n", "co", ...) and all matrices. (Chapter 07)"""
     p = position_means(layer, absolute)
     return {name: float(np.mean([p[q] for q in pos])) for name, pos in rings(p.shape[0]).items()}
 
@@ -143,7 +149,7 @@ def load_run_model(config: Any, weights: str | Path | Mapping[str, torch.Tensor]
     """The network of run ``config`` (a :class:`locolib.config.RunConfig`) with its saved weights.
 
     ``weights``: a state dict or the file ``train(..., model_dir=...)`` wrote. The number of
-    input channels and classes are read off the weights (first 4-D and last 2-D tensor).
+    input channels and classes are read off the weights (first 4-D and last 2-D tensor). (Chapters 04, 07)
     """
     state = weights if isinstance(weights, Mapping) else torch.load(
         Path(weights), map_location="cpu", weights_only=True)
@@ -170,7 +176,7 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
     machine (on the CPU bitwise), but another CPU or library build can round differently; if the
     recovered run's final metrics differ from the stored record's, a warning says so and the
     recovered run's own record is returned, so that the network and the record always belong
-    together.
+    together. (Chapters 04, 07)
     """
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     model_dir = Path(model_dir) if model_dir is not None else results_dir / "models"
@@ -209,7 +215,7 @@ def tap_coverage(size: int, k: int = 3, stride: int = 1, padding: int | None = N
 
     On large maps every tap reads the input almost everywhere (coverage ~ 1). On a 2 x 2 map a
     3 x 3 kernel's centre reads it at all 4 outputs, an edge tap at 2 and a corner at 1: the outer
-    taps get less gradient, so weight decay shrinks them more -- a "locality" due to padding.
+    taps get less gradient, so weight decay shrinks them more -- a "locality" due to padding. (Chapters 04, 06, 07)
     """
     if size < 1 or k < 1 or stride < 1:
         raise ValueError("size, k and stride must be >= 1")
@@ -226,7 +232,7 @@ def tap_coverage(size: int, k: int = 3, stride: int = 1, padding: int | None = N
 @torch.no_grad()
 def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, int]]:
     """(height, width) of the input map of every spatial convolution of ``model`` (the order of
-    :func:`locolib.kernels.spatial_convs`, i.e. of ``weight_stats``) for the input batch ``x``."""
+    :func:`locolib.kernels.spatial_convs`, i.e. of ``weight_stats``) for the input batch ``x``. (Chapters 06, 07)"""
     convs = spatial_convs(model)
     seen: dict[int, tuple[int, int]] = {}
 
@@ -247,7 +253,7 @@ def spatial_input_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, in
 def conv_input_sizes(network: str, input_size: int = 32, width: float = 0.125,
                      in_channels: int = 1) -> list[int]:
     """Height of the feature map entering each spatial convolution of ``network`` (module order,
-    as the layers of Table 6) for ``input_size`` x ``input_size`` inputs."""
+    as the layers of Table 6) for ``input_size`` x ``input_size`` inputs. (Chapter 06; Table 6)"""
     model = build_model(network, 10, in_channels=in_channels, width=width)
     with torch.no_grad():
         sizes = spatial_input_sizes(model, torch.zeros(1, in_channels, input_size, input_size))
@@ -269,7 +275,7 @@ def run_layers(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd
     inputs), its stride, ``kind`` (dense or depthwise), ``coverage n/co`` (the mean
     :func:`tap_coverage` of the four edge taps over that of the four corners: 1 on a large map,
     2 on a 2 x 2 map), m(c,n) and m(n,co) of its magnitudes and the magnitude ratios of
-    :func:`locolib.locality.magnitude_ratios` (from the records' ``weight_stats``)."""
+    :func:`locolib.locality.magnitude_ratios` (from the records' ``weight_stats``). (Chapter 07)"""
     frames = []
     for rec in records:
         cfg, stats = rec["config"], rec["weight_stats"]
@@ -291,7 +297,7 @@ def run_layers(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd
 def layer_locality(records: Sequence[Mapping[str, Any]], input_size: int = 32) -> pd.DataFrame:
     """Chapter 07: :func:`run_layers` averaged over the runs, per network and spatial layer
     (index: network, layer, map, stride): ``coverage n/co`` and m(c,n), m(n,co) of the
-    magnitudes."""
+    magnitudes. (Chapter 07)"""
     cols = ["coverage n/co", "m(c,n) |w|", "m(n,co) |w|"]
     return run_layers(records, input_size).groupby(["network", "layer", "map", "stride"])[cols].mean()
 
@@ -317,6 +323,32 @@ def plot_layer_locality(by_layer: pd.DataFrame, names: Mapping[str, str] | None 
         ax.set_title(col + " per layer, L2 runs")
     axes[-1].set_xlabel("spatial conv layer (input side first)")
     axes[0].legend()
+    return fig
+
+
+def plot_feature_maps(images: np.ndarray, maps: Mapping[str, torch.Tensor], layers: Sequence[int],
+                      n_channels: int = 4) -> plt.Figure:
+    """Chapter 04's Figure 1: one row per input of ``images`` (N x C x H x W, its first channel shown
+    on the left), then for each layer of ``maps`` (name -> N x channels x h x w, the layers
+    ``layers``, counted from 0) its ``n_channels`` channels most active on these inputs, in
+    grayscale with white = high, each map on its own scale."""
+    fig, axes = plt.subplots(len(images), 1 + n_channels * len(maps), figsize=(FIGURE_WIDTH, 0.62 * len(images) + 0.4),
+                             squeeze=False)
+    for li, (layer, m) in enumerate(zip(layers, maps.values(), strict=True)):
+        for c, ch in enumerate(m.mean(dim=(0, 2, 3)).argsort(descending=True)[:n_channels]):
+            for r in range(len(images)):
+                axes[r, 1 + n_channels * li + c].imshow(m[r, ch], cmap="gray", vmin=0,
+                                                        vmax=max(float(m[r, ch].max()), 1e-12))
+        # one title per layer, over its channels
+        axes[0, 1 + n_channels * li].set_title(f"layer {layer + 1}: {m.shape[-1]}x{m.shape[-1]}", fontsize=9,
+                                               loc="left")
+    for r, image in enumerate(images):
+        axes[r, 0].imshow(image[0], cmap="gray")
+    axes[0, 0].set_title("input", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.06, hspace=0.06)
     return fig
 
 

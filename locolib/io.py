@@ -15,7 +15,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half.
 
     The file gets the permissions the user's umask gives a new file (``tempfile.mkstemp`` would
-    make it private, 0600, so that a group sharing a results folder could not read it).
+    make it private, 0600, so that a group sharing a results folder could not read it). (Chapters 04-07)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,14 +37,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented, key-sorted standard JSON (NaN and infinity, which
-    JSON has not, are a ValueError)."""
+    JSON has not, are a ValueError). (Chapters 04-07)"""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def loads(text: str) -> Any:
     """``json.loads``; JSON nested too deeply for Python's parser is a ValueError like any other
-    damaged JSON (``json`` itself raises RecursionError)."""
+    damaged JSON (``json`` itself raises RecursionError). (Chapters 04-07)"""
     try:
         return json.loads(text)
     except RecursionError:
@@ -52,12 +52,13 @@ def loads(text: str) -> Any:
 
 
 def read_json(path: str | Path) -> Any:
+    """The JSON document at ``path`` (:func:`loads`). (Chapters 04-07)"""
     with open(path) as f:
         return loads(f.read())
 
 
 def sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, as hex."""
+    """The SHA-256 of a file, as hex. (Chapter 07)"""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -65,7 +65,9 @@ IndexSpec = str | Collection[Sequence[int]]
 # --------------------------------------------------------------------------------------------
 def check_k(k: Any, odd: bool = True) -> int:
     """``k`` as an int if it is a valid kernel (or window) size: a positive integer, and odd unless
-    ``odd=False`` (an odd kernel has a centre tap). TypeError for a non-integer, else ValueError."""
+    ``odd=False`` (an odd kernel has a centre tap). TypeError for a non-integer, else ValueError.
+    (Chapters 01, 03-07)
+    """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"a kernel size k must be an integer, got {k!r}")
     if k < 1 or (odd and k % 2 == 0):
@@ -86,7 +88,7 @@ def _by_d2(k: int) -> dict[int, tuple[Position, ...]]:
 
 
 def squared_distances(k: int) -> list[int]:
-    """The distinct squared distances of the taps of a k x k kernel from its centre, increasing."""
+    """The distinct squared distances of the taps of a k x k kernel from its centre, increasing. (Chapters 01, 04-07)"""
     return list(_by_d2(k))
 
 
@@ -100,20 +102,20 @@ def _ring_name(d2: int) -> str:
 
 def ring_names(k: int) -> list[str]:
     """The ring names of a k x k kernel, nearest first: ``ring_names(5)`` is
-    ``["c", "n", "co", "2", "sqrt5", "sqrt8"]``."""
+    ``["c", "n", "co", "2", "sqrt5", "sqrt8"]``. (Chapters 04-07)"""
     return [_ring_name(d2) for d2 in squared_distances(k)]
 
 
 def ring_distances(k: int) -> list[float]:
     """Distinct distances from the centre of a k x k kernel, increasing.
 
-    ``ring_distances(3) == [0, 1, sqrt(2)]``; ``ring_distances(5) == [0, 1, sqrt2, 2, sqrt5, sqrt8]``.
+    ``ring_distances(3) == [0, 1, sqrt(2)]``; ``ring_distances(5) == [0, 1, sqrt2, 2, sqrt5, sqrt8]``. (Chapters 04-07)
     """
     return [math.sqrt(d2) for d2 in squared_distances(k)]
 
 
 def ring_index(k: int) -> torch.Tensor:
-    """k x k int64 tensor: the ring (position in :func:`ring_distances`) of every tap."""
+    """k x k int64 tensor: the ring (position in :func:`ring_distances`) of every tap. (Chapters 04-07)"""
     index = torch.empty(check_k(k), k, dtype=torch.int64)
     for r, positions in enumerate(_by_d2(k).values()):
         for p in positions:
@@ -122,7 +124,9 @@ def ring_index(k: int) -> torch.Tensor:
 
 
 def rings(k: int) -> dict[str, tuple[Position, ...]]:
-    """The rings of a k x k kernel (k odd) by name, nearest first, with their (row, col) positions."""
+    """The rings of a k x k kernel (k odd) by name, nearest first, with their (row, col) positions.
+    (Chapters 01, 04-07)
+    """
     return {_ring_name(d2): positions for d2, positions in _by_d2(k).items()}
 
 
@@ -141,7 +145,7 @@ def _parse_ring(name: str) -> int | None:
 
 def index_set(spec: IndexSpec, k: int = 3) -> tuple[Position, ...]:
     """The (row, col) positions of a k x k kernel named by ``spec`` (see the module docstring):
-    a ring name or alias, or explicit positions (checked: inside the kernel, none repeated)."""
+    a ring name or alias, or explicit positions (checked: inside the kernel, none repeated). (Chapters 04-07)"""
     groups = _by_d2(k)
     if isinstance(spec, str):
         d2 = _parse_ring(spec)
@@ -164,7 +168,7 @@ def index_set(spec: IndexSpec, k: int = 3) -> tuple[Position, ...]:
 
 
 def index_mask(spec: IndexSpec, k: int) -> np.ndarray:
-    """k x k boolean array, True on the positions of :func:`index_set`."""
+    """k x k boolean array, True on the positions of :func:`index_set`. (Chapters 04, 07)"""
     mask = np.zeros((k, k), dtype=bool)
     for p in index_set(spec, k):
         mask[p] = True
@@ -172,7 +176,7 @@ def index_mask(spec: IndexSpec, k: int) -> np.ndarray:
 
 
 def spec_name(spec: IndexSpec) -> str:
-    """A printable name of an index set: the name itself, or the tuple of positions."""
+    """A printable name of an index set: the name itself, or the tuple of positions. (Chapter 07)"""
     return spec if isinstance(spec, str) else repr(tuple(tuple(p) for p in spec))
 
 
@@ -183,7 +187,7 @@ def stars(p: float | None) -> str:
     """The paper's significance code (Tables 4 and 5): *** p < .001, ** p < .01, * p < .1.
 
     No p-value (None or NaN, e.g. too few runs for a test) gives "" ; a number outside [0, 1] is
-    an error.
+    an error. (Chapter 07)
     """
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return ""
@@ -201,7 +205,7 @@ def spatial_convs(model: nn.Module, k: int | None = None) -> list[nn.Conv2d]:
 
     ``k=None``: all of them, as LOCO-REG and ``weight_stats`` need; a non-square or even kernel
     (no centre tap) is a ValueError. ``k`` given: only the k x k ones (the layers W_l of Eq. 7.1);
-    others, such as InceptionV3's 1 x 3 and 3 x 1 kernels, are left out.
+    others, such as InceptionV3's 1 x 3 and 3 x 1 kernels, are left out. (Chapters 04-07)
     """
     out = []
     for m in model.modules():
@@ -221,7 +225,7 @@ def spatial_convs(model: nn.Module, k: int | None = None) -> list[nn.Conv2d]:
 
 
 def spatial_kernels(model: nn.Module, k: int | None = None) -> list[torch.Tensor]:
-    """The weights (C_out, C_in / groups, k, k) of :func:`spatial_convs`, detached, in order."""
+    """The weights (C_out, C_in / groups, k, k) of :func:`spatial_convs`, detached, in order. (Chapters 04-07)"""
     return [m.weight.detach() for m in spatial_convs(model, k)]
 
 
@@ -233,7 +237,7 @@ class ConvKernel:
     """The weight of one 2-D convolution of a graph: ``weight`` (C_out, C_in / groups, kh, kw).
 
     Behaves as its weight array where an array is expected (``np.asarray(layer)``), so a list of
-    square ones goes straight into :func:`locolib.locality.m_score` and the Table 4 functions.
+    square ones goes straight into :func:`locolib.locality.m_score` and the Table 4 functions. (Chapter 07)
     """
 
     name: str
@@ -303,7 +307,7 @@ def from_onnx(model: str | Path | Any) -> list[ConvKernel]:
     chapter reports them apart. 1 x 1 convolutions, ``ConvTranspose``, quantised ``ConvInteger``
     and convolutions that are not 2-D are not spatial k x k kernels and are not returned. A
     ``Conv`` whose weight is computed at run time is an error, and so is a file that is not an
-    ONNX model (an empty one, say).
+    ONNX model (an empty one, say). (Chapter 07)
     """
     import onnx  # noqa: PLC0415 -- optional dependency (locolib[book])
 
@@ -342,7 +346,7 @@ def from_onnx(model: str | Path | Any) -> list[ConvKernel]:
 def select(layers: Iterable[ConvKernel], k: int | None = None,
            kind: str | Sequence[str] | None = None) -> list[ConvKernel]:
     """The square layers of ``layers`` (k x k with k = ``k`` if given), of ``kind`` if given
-    ("dense", "depthwise", "grouped", or several), in their order."""
+    ("dense", "depthwise", "grouped", or several), in their order. (Chapter 07)"""
     kinds = None if kind is None else {kind} if isinstance(kind, str) else set(kind)
     return [layer for layer in layers if layer.square and (k is None or layer.k == k)
             and (kinds is None or layer.kind in kinds)]
@@ -360,7 +364,7 @@ def weight_stats(model: nn.Module) -> list[dict[str, Any]]:
     sums over w of ``s = m(w, ring r) - m(w, ring r+1)`` and ``s**2`` (``ring_diff_sum``,
     ``ring_diff_sq_sum``; ``ring_abs_diff_*`` the same on |w|). So every sum of m(w, I) in Table 6
     is ``tap_sum`` summed over I / |I|, and Table 4's per-layer mean and (population) spread of
-    s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums.
+    s(w, I_c, I_n), s(w, I_n, I_co) follow from ``count`` and the two sums. (Chapters 04-07)
     """
     out = []
     names = {id(m): n for n, m in model.named_modules()}

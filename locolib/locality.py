@@ -70,7 +70,7 @@ def as_matrices(layer: Any) -> np.ndarray:
     """One layer as a float64 array (n, k, k): every trailing k x k matrix, leading dims flattened.
 
     Accepts numpy arrays, torch tensors (any device, with or without grad), nested lists and
-    :class:`locolib.kernels.ConvKernel`.
+    :class:`locolib.kernels.ConvKernel`. (Chapters 04, 07)
     """
     if hasattr(layer, "detach"):  # torch.Tensor, without importing torch
         layer = layer.detach().cpu().double().numpy()
@@ -118,7 +118,7 @@ def _prepared(layers: Iterable[Any], k: int | None = None) -> list[Any]:
 
 def differences(layers: Iterable[Any], inner: IndexSpec, outer: IndexSpec,
                 absolute: bool = False) -> list[np.ndarray]:
-    """s(w, I, I') = m(w, I) - m(w, I') for every matrix w, one array per layer (kernels only)."""
+    """s(w, I, I') = m(w, I) - m(w, I') for every matrix w, one array per layer (kernels only). (Chapter 07)"""
     mats = _prepared(layers)
     if any(_is_record(a) for a in mats):
         raise TypeError("per-matrix differences need kernels; a record keeps only their sums")
@@ -147,7 +147,7 @@ def standardized_differences(layers: Iterable[Any], inner: IndexSpec, outer: Ind
     """s(w, l, I, I') = s(w, I, I') / sigma(W_l, I, I') per matrix, one array per layer.
 
     sigma is the population standard deviation (divide by |W_l|) of s over the layer. A layer
-    whose s does not vary (e.g. a single matrix, or all matrices alike) cannot be standardised.
+    whose s does not vary (e.g. a single matrix, or all matrices alike) cannot be standardised. (Chapter 07; Eq. 7.1)
     """
     return [s / _sigma(s.size, s.sum(), s @ s, f"layer {i}")
             for i, s in enumerate(differences(layers, inner, outer, absolute))]
@@ -168,6 +168,8 @@ def m_score(layers: Sequence[Any], inner: IndexSpec, outer: IndexSpec,
     >>> w = rng.normal(size=(64, 32, 3, 3)); w[..., 1, 1] += 1.0   # centre-heavy layer
     >>> round(m_score([w], "c", "n"), 2), m_score_literal([w], "c", "n") < 1e-3
     (0.87, True)
+
+    (Chapter 07; Eq. 7.1)
     """
     z = np.concatenate(standardized_differences(layers, inner, outer, absolute))
     return float(z.mean())
@@ -175,7 +177,9 @@ def m_score(layers: Sequence[Any], inner: IndexSpec, outer: IndexSpec,
 
 def m_score_literal(layers: Sequence[Any], inner: IndexSpec, outer: IndexSpec,
                     absolute: bool = False) -> float:
-    """Eq. 7.1 with its printed denominator read literally: sum_{l, w in W_l} |W_l| = sum_l |W_l|^2."""
+    """Eq. 7.1 with its printed denominator read literally: sum_{l, w in W_l} |W_l| = sum_l |W_l|^2.
+    (Chapter 07; Eq. 7.1)
+    """
     z = standardized_differences(layers, inner, outer, absolute)
     return float(sum(a.sum() for a in z) / sum(a.size ** 2 for a in z))
 
@@ -184,7 +188,7 @@ def m_score_literal(layers: Sequence[Any], inner: IndexSpec, outer: IndexSpec,
 
 def ring_pair_index(inner: str, outer: str, k: int) -> int:
     """Position r of the consecutive ring pair (inner, outer) = (ring r, ring r+1) of a k x k
-    kernel, as in ``weight_stats``' ``ring_diff_*`` lists: (c, n) -> 0, (n, co) -> 1, ..."""
+    kernel, as in ``weight_stats``' ``ring_diff_*`` lists: (c, n) -> 0, (n, co) -> 1, ... (Chapter 07)"""
     names = ring_names(k)
     if inner not in names or names.index(inner) + 1 >= len(names) \
             or names[names.index(inner) + 1] != outer:
@@ -199,7 +203,7 @@ def layer_sums(layer: Any, inner: IndexSpec, outer: IndexSpec,
     """(n, sum of s, sum of s^2) over the n matrices of one layer: all Table 4 needs of it.
 
     ``layer``: kernels (any index sets), or a ``weight_stats`` entry of a training record, which
-    holds these sums for consecutive rings only (see :func:`ring_pair_index`).
+    holds these sums for consecutive rings only (see :func:`ring_pair_index`). (Chapter 07)
     """
     if _is_record(layer):
         r = ring_pair_index(inner, outer, int(layer["k"]))  # type: ignore[arg-type]
@@ -212,7 +216,7 @@ def layer_sums(layer: Any, inner: IndexSpec, outer: IndexSpec,
 
 @dataclass(frozen=True)
 class LocalityTest:
-    """One cell of Table 4: m(I, I') and the one-sided t-test of the standardised differences."""
+    """One cell of Table 4: m(I, I') and the one-sided t-test of the standardised differences. (Chapter 07)"""
 
     inner: str
     outer: str
@@ -239,7 +243,7 @@ def locality_test(layers: Sequence[Any], inner: IndexSpec, outer: IndexSpec,
     ``layers``: kernels, or the ``weight_stats`` entries of a training record (then (inner,
     outer) must be consecutive rings), all of one k. Exact from :func:`layer_sums`: per layer the
     count and the sums of s and s^2 give sigma(W_l), hence the sum and the sum of squares of the
-    standardised differences, which is all the mean and the t-test need.
+    standardised differences, which is all the mean and the t-test need. (Chapter 07)
     """
     layers = _prepared(layers)
     sums = np.array([layer_sums(layer, inner, outer, absolute) for layer in layers])
@@ -349,7 +353,7 @@ def _perm_p(null: np.ndarray, m: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class PermutationTest:
-    """m(I, I') against its null distribution under within-kernel shuffles of the taps."""
+    """m(I, I') against its null distribution under within-kernel shuffles of the taps. (Chapter 07; Eq. 7.1)"""
 
     m: float
     p: float              # one-sided, H1: m > 0, as the t-test's p
@@ -373,7 +377,7 @@ def permutation_test(layers: Sequence[Any], inner: IndexSpec, outer: IndexSpec,
     (sigma included); p = (1 + #{draws with m* >= m}) / (1 + draws), so the smallest attainable
     p is 1 / (1 + n_permutations): 1000 draws can reach the paper's *** (p < .001). Seeded and
     vectorised; for 3 x 3 kernels the 630 distinct ways to deal the taps to (c, n, co) are
-    enumerated once per kernel and each draw only picks one of them.
+    enumerated once per kernel and each draw only picks one of them. (Chapter 07; Eq. 7.1)
     """
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
@@ -393,7 +397,7 @@ def split_halves(layers: Sequence[Any], middle: Middle = "upper") -> tuple[list[
 
     The paper does not say where the middle layer of an odd count goes; by default it joins the
     upper half (lower = the first floor(L / 2) layers), ``middle="lower"`` puts it in the lower
-    half. Both halves must be non-empty, so at least two layers are needed.
+    half. Both halves must be non-empty, so at least two layers are needed. (Chapter 07)
     """
     layers = list(layers)
     if len(layers) < 2:
@@ -414,7 +418,7 @@ def table4_row(layers: Sequence[Any], model: str = "model", middle: Middle = "up
     model, absolute, part (all / lower / upper), pair ("m(c,n)" ...), m, t, p, p_two_sided,
     stars, n, n_layers; with ``permutations`` > 0 also p_perm, p_perm_two_sided, stars_perm
     (:func:`permutation_test`, all cells from the same draws; kernels only).
-    ``format_table4`` turns it into the paper's layout.
+    ``format_table4`` turns it into the paper's layout. (Chapter 07)
     """
     layers = _prepared(layers, k)
     lower, upper = split_halves(layers, middle)
@@ -428,7 +432,7 @@ def table4_runs(runs: Sequence[Sequence[Any]], model: str = "model", middle: Mid
     """Table 4 cells for several runs of one network pooled: ``runs`` holds each run's layers
     (its ``weight_stats``, or its kernels). Every run is split into its own lower and upper
     halves, each layer is standardised by its own sigma, and the test then uses all matrices of
-    all runs (for one run this is :func:`table4_row`). ``n_layers`` counts layers over all runs.
+    all runs (for one run this is :func:`table4_row`). ``n_layers`` counts layers over all runs. (Chapter 07)
     """
     runs = [_prepared(r, k) for r in runs]
     if not runs:
@@ -443,7 +447,7 @@ def table4_runs(runs: Sequence[Sequence[Any]], model: str = "model", middle: Mid
 def table4_cells(parts: Mapping[str, Sequence[Any]], model: str = "model",
                  pairs: Sequence[tuple[IndexSpec, IndexSpec]] = TABLE4_PAIRS,
                  permutations: int = 0, seed: int = 0) -> pd.DataFrame:
-    """:func:`table4_row`'s frame from the layers of each part (keys: ``PARTS``)."""
+    """:func:`table4_row`'s frame from the layers of each part (keys: ``PARTS``). (Chapter 07)"""
     parts = {name: _prepared(parts[name]) for name in PARTS}
     null = _null_m(parts, pairs, permutations, seed) if permutations else None
     rows = []
@@ -465,7 +469,7 @@ def table4_cells(parts: Mapping[str, Sequence[Any]], model: str = "model",
 def format_table4(tidy: pd.DataFrame, decimals: int = 3, stars_column: str = "stars") -> pd.DataFrame:
     """Table 4's layout: one row per (model, absolute), columns (part, pair), cells like 0.118***.
 
-    ``stars_column``: "stars" (the t-test's) or "stars_perm" (the permutation test's)."""
+    ``stars_column``: "stars" (the t-test's) or "stars_perm" (the permutation test's). (Chapter 07)"""
     cells = tidy.assign(cell=[f"{m:.{decimals}f}{s}" for m, s in zip(tidy["m"], tidy[stars_column])])
     wide = cells.pivot_table(index=["model", "absolute"], columns=["part", "pair"],
                              values="cell", aggfunc="first", sort=False)
@@ -488,7 +492,7 @@ PAPER_TABLE4: Mapping[tuple[str, str], tuple[str, ...]] = {
 
 
 def paper_table4() -> pd.DataFrame:
-    """The paper's Table 4 as a tidy frame: dataset, model, part, pair, m, stars."""
+    """The paper's Table 4 as a tidy frame: dataset, model, part, pair, m, stars. (Chapter 07)"""
     rows = []
     for (dataset, model), cells in PAPER_TABLE4.items():
         for (part, pair), cell in zip(((p, q) for p in PARTS for q in ("m(c,n)", "m(n,co)")), cells):
@@ -516,7 +520,7 @@ def table4_of_records(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFram
     ``pooled``: per dataset, network and regulariser the runs pooled (:func:`table4_runs`),
     labelled like the paper's rows ("digits VGG13 (Table 3) L2"), with a ``runs`` column;
     ``per_run``: every run on its own (:func:`table4_row`) with its ``seed``. Both carry
-    dataset, network and regularizer columns.
+    dataset, network and regularizer columns. (Chapter 07)
     """
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in records:
@@ -534,7 +538,7 @@ def table4_of_records(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFram
 
 def significant_runs(per_run: pd.DataFrame, alpha: float = 0.01) -> pd.DataFrame:
     """Chapter 07: per network, regulariser, reading and cell, how many single runs have m > 0
-    with p < ``alpha``, as "significant/runs" in Table 4's layout."""
+    with p < ``alpha``, as "significant/runs" in Table 4's layout. (Chapter 07)"""
     count = (per_run.assign(sig=(per_run.m > 0) & (per_run.p < alpha))
              .groupby(["network", "regularizer", "absolute", "part", "pair"], sort=False)
              .agg(runs=("sig", "size"), significant=("sig", "sum")))
@@ -544,7 +548,7 @@ def significant_runs(per_run: pd.DataFrame, alpha: float = 0.01) -> pd.DataFrame
 
 def ring_pairs_per_run(records: Sequence[Mapping[str, Any]], k: int = 5) -> pd.DataFrame:
     """Chapter 07: for each run, m of every pair of consecutive rings of its k x k layers,
-    signed and on magnitudes, with both p-values and the run's test error (%)."""
+    signed and on magnitudes, with both p-values and the run's test error (%). (Chapter 07)"""
     names = ring_names(k)
     rows = []
     for rec in records:
@@ -562,7 +566,7 @@ def ring_pairs_per_run(records: Sequence[Mapping[str, Any]], k: int = 5) -> pd.D
 def count_ring_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     """Chapter 07: :func:`ring_pairs_per_run` counted as in the paper's paragraph on its 5 x 5
     networks: runs with m > 0 and p < .01, runs with m < 0 (and of those, two-sided p < .1),
-    the mean m, and the paper's count (:data:`PAPER_5X5`)."""
+    the mean m, and the paper's count (:data:`PAPER_5X5`). (Chapter 07)"""
     count = (rows.assign(pos_sig=(rows.m > 0) & (rows.p < 0.01), neg=rows.m < 0,
                          neg_sig=(rows.m < 0) & (rows.p_two_sided < 0.1))
              .groupby(["absolute", "pair"], sort=False)
@@ -575,7 +579,7 @@ def count_ring_pairs(rows: pd.DataFrame) -> pd.DataFrame:
 def side_by_side(ours: Sequence[tuple[str, pd.DataFrame]], decimals: int = 3) -> pd.DataFrame:
     """Chapter 07: the paper's Table 4 rows, then ours in the same layout. ``ours``: (prefix,
     tidy frame) pairs; each (model, reading) of a frame becomes a row "prefix model (|w|)" or
-    "prefix model (signed)", in the order given (rows whose frame lacks a pair are blank there)."""
+    "prefix model (signed)", in the order given (rows whose frame lacks a pair are blank there). (Chapter 07)"""
     paper = paper_table4()
     wide = paper.assign(cell=[f"{m:g}{s}" for m, s in zip(paper.m, paper.stars)]).pivot_table(
         index=["dataset", "model"], columns=["part", "pair"], values="cell", aggfunc="first", sort=False)
@@ -592,7 +596,7 @@ def side_by_side(ours: Sequence[tuple[str, pd.DataFrame]], decimals: int = 3) ->
 
 def upper_exceeds_lower(tidy: pd.DataFrame, by: str = "network") -> dict[str, bool]:
     """Chapter 07: per ``by`` group of a tidy Table 4 frame, whether the upper half's m exceeds
-    the lower half's for every pair."""
+    the lower half's for every pair. (Chapter 07)"""
     out = {}
     for name, g in tidy.groupby(by, sort=False):
         piv = g.pivot_table(index="part", columns="pair", values="m")
@@ -609,7 +613,7 @@ RATIOS: tuple[tuple[str, str], ...] = TABLE4_PAIRS
 
 def tap_magnitudes(layer: Any) -> np.ndarray:
     """k x k array: the mean |w| at each position over the layer's matrices, from kernels or from
-    a record's ``weight_stats`` entry (its ``tap_abs_sum`` over ``count``)."""
+    a record's ``weight_stats`` entry (its ``tap_abs_sum`` over ``count``). (Chapters 04, 07)"""
     if _is_record(layer):
         return np.asarray(layer["tap_abs_sum"], dtype=np.float64) / int(layer["count"])
     return np.abs(as_matrices(layer)).mean(axis=0)
@@ -620,7 +624,7 @@ def magnitude_ratios(layers: Sequence[Any]) -> pd.DataFrame:
     given) with ``k``, ``matrices`` and the ratios of :data:`RATIOS`, e.g. ``c/n`` = mean |w| of
     the centre taps / mean |w| of the edge-neighbour taps over the layer's matrices. Unlike m of
     Eq. 7.1 (a standardised difference whose significance grows with the number of kernels),
-    a ratio says how much heavier the inner ring is, whatever the layer's size."""
+    a ratio says how much heavier the inner ring is, whatever the layer's size. (Chapters 04, 07)"""
     rows = []
     for i, layer in enumerate(layers):
         taps = tap_magnitudes(layer)
@@ -638,7 +642,7 @@ def network_effects(ratios: pd.DataFrame, by: Sequence[str], confidence: float =
     layer group), the geometric mean of each ratio over its layers with a seeded percentile
     bootstrap interval over the layers (:func:`scipy.stats.bootstrap` on the log ratios; NaN
     with fewer than ``min_layers`` layers). Columns: ``n_layers``, and per ratio ``c/n``,
-    ``c/n low``, ``c/n high`` (likewise ``n/co``)."""
+    ``c/n low``, ``c/n high`` (likewise ``n/co``). (Chapter 07)"""
     rows = []
     for key, g in ratios.groupby(list(by), sort=False):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n_layers=len(g))
@@ -664,7 +668,7 @@ def compare_groups(values: pd.Series, groups: pd.Series, first: str, second: str
     mean ratio, ``ratio`` (first over second) with the Welch ``confidence`` interval on the log
     scale, and the exact two-sided permutation p of the difference of mean log ratios over every
     relabelling of the networks (:func:`scipy.stats.permutation_test`), with the smallest p
-    that relabelling can give at all (``p_floor``: with 3 networks a group it is 0.1).
+    that relabelling can give at all (``p_floor``: with 3 networks a group it is 0.1). (Chapter 07)
     """
     logs = np.log(values.to_numpy(float))
     x, y = logs[(groups == first).to_numpy()], logs[(groups == second).to_numpy()]
@@ -688,7 +692,7 @@ def layer_tests(layers: Sequence[Any], absolute: bool = True, permutations: int 
     """Chapter 07: the paper's t-test and, with ``permutations`` > 0, the permutation test of
     m(c,n) and m(n,co) for every layer on its own (1-based ``layer``), as descriptions of how
     consistently that layer's matrices lean one way: with thousands of matrices a small m is
-    already p < .001, so these p-values say nothing about the network as a unit."""
+    already p < .001, so these p-values say nothing about the network as a unit. (Chapter 07)"""
     mats = _prepared(layers)
     null = (_null_m({str(i): [a] for i, a in enumerate(mats)}, RATIOS, permutations, seed)
             if permutations else None)
@@ -713,7 +717,7 @@ def paired_layer_contrast(layers: pd.DataFrame, arm: str, first: str, second: st
     ``change`` = exp(mean paired difference of the log ratios) (first over second: 1.10 means
     the ratio is 10% larger under ``first``) with its t ``confidence`` interval, the two-sided
     paired t-test's ``p`` and ``p_holm``, Holm-adjusted over the layers of that ratio
-    (:func:`locolib.stats.holm`) over the layers of that network and ratio.
+    (:func:`locolib.stats.holm`) over the layers of that network and ratio. (Chapter 07)
     """
     rows = []
     for (network, layer, size), g in layers.groupby(["network", "layer", "map"], sort=True):

@@ -57,7 +57,7 @@ def cohesion_kernel(k: int = 3, q: Any = 2, exact: bool = False) -> np.ndarray:
     """U with F_tot(w) = w^T U w for a flattened k x k window w (row-major).
 
     U[a, b] = 1 / d(a, b)^q for a < b and 0 otherwise: each unordered pair once, no self-force.
-    ``exact=True`` gives an object array of sympy numbers (exact for integer or rational q).
+    ``exact=True`` gives an object array of sympy numbers (exact for integer or rational q). (Chapter 03)
     """
     check_k(k, odd=False)
     pos = np.array(list(itertools.product(range(k), repeat=2)))
@@ -85,7 +85,7 @@ def _windows(maps: Any, k: int) -> np.ndarray:
 
 
 def window_sum(maps: Any, k: int = 3) -> np.ndarray:
-    """Sum of every k x k window: shape (..., H-k+1, W-k+1), indexed by the window's top-left."""
+    """Sum of every k x k window: shape (..., H-k+1, W-k+1), indexed by the window's top-left. (Chapter 03)"""
     return _windows(maps, k).sum(-1)
 
 
@@ -94,7 +94,7 @@ def window_cohesion(maps: Any, k: int = 3, q: Any = 2) -> np.ndarray:
 
     Float arithmetic for numeric maps; for object arrays (integers, Fractions, sympy numbers)
     the same formula is evaluated exactly, which is how it is tested against
-    ``locolib.cohesion.total_force``.
+    ``locolib.cohesion.total_force``. (Chapter 03)
     """
     w = _windows(maps, k)
     exact = w.dtype == object
@@ -106,6 +106,8 @@ def window_cohesion(maps: Any, k: int = 3, q: Any = 2) -> np.ndarray:
 
 
 def window_scores(maps: Any, strategy: Strategy, k: int = 3, q: Any = 2) -> np.ndarray:
+    """The score of every k x k window of ``maps`` by ``strategy``: its sum or its cohesion.
+    (Chapter 03; Figure 3)"""
     if strategy == "sum":
         return window_sum(maps, k)
     if strategy == "cohesion":
@@ -116,7 +118,7 @@ def window_scores(maps: Any, strategy: Strategy, k: int = 3, q: Any = 2) -> np.n
 # ----------------------------------------------------------------------------- placing two features
 
 def window_positions(shape: Sequence[int], k: int = 3) -> np.ndarray:
-    """Top-left (row, col) of every k x k window of an H x W map, row-major: shape (P, 2)."""
+    """Top-left (row, col) of every k x k window of an H x W map, row-major: shape (P, 2). (Chapter 03)"""
     h, w = shape[-2] - k + 1, shape[-1] - k + 1
     if h < 1 or w < 1:
         raise ValueError(f"a {shape[-2]} x {shape[-1]} map holds no {k} x {k} window")
@@ -124,7 +126,7 @@ def window_positions(shape: Sequence[int], k: int = 3) -> np.ndarray:
 
 
 def window_pairs(shape: Sequence[int], k: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Flat window indices (a, b), a < b, of every unordered pair of non-overlapping windows."""
+    """Flat window indices (a, b), a < b, of every unordered pair of non-overlapping windows. (Chapter 03)"""
     pos = window_positions(shape, k)
     a, b = np.triu_indices(len(pos), 1)
     apart = (np.abs(pos[a] - pos[b]) >= k).any(axis=1)
@@ -149,13 +151,13 @@ def _argmax_ties(values: np.ndarray, rng: np.random.Generator | None, rtol: floa
 
 def best_pair_index(scores: np.ndarray, pairs: tuple[np.ndarray, np.ndarray],
                     rng: np.random.Generator | None = None, rtol: float = 1e-12) -> np.ndarray:
-    """For window scores (..., P), the index into ``pairs`` of the pair with the largest total."""
+    """For window scores (..., P), the index into ``pairs`` of the pair with the largest total. (Chapter 03)"""
     return _argmax_ties(scores[..., pairs[0]] + scores[..., pairs[1]], rng, rtol)
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Two placed features: windows by top-left (row, col), their centres, and the total score."""
+    """Two placed features: windows by top-left (row, col), their centres, and the total score. (Chapter 03)"""
 
     strategy: str
     windows: tuple[tuple[int, int], tuple[int, int]]
@@ -179,7 +181,7 @@ def place_two(grid: Any, strategy: Strategy = "sum", k: int = 3, q: Any = 2,
 
     ``method="pair"`` maximises the pair's total score over all non-overlapping pairs (exhaustive);
     ``"greedy"`` takes the best window, then the best window not overlapping it. Ties go to the
-    first pair in row-major order; all tied optima are listed in ``Placement.ties``.
+    first pair in row-major order; all tied optima are listed in ``Placement.ties``. (Chapter 03)
     """
     grid = np.asarray(grid)
     scores = window_scores(grid, strategy, k, q).ravel().astype(float)
@@ -203,12 +205,12 @@ def place_two(grid: Any, strategy: Strategy = "sum", k: int = 3, q: Any = 2,
 
 
 def figure3_placements(k: int = 3, q: Any = 2) -> dict[str, Placement]:
-    """Figure 3 reproduced: the blue (sum) and red (cohesion) features on the printed map."""
+    """Figure 3 reproduced: the blue (sum) and red (cohesion) features on the printed map. (Chapter 03)"""
     return {s: place_two(FIGURE3_MAP, s, k, q) for s in STRATEGIES}  # type: ignore[arg-type]
 
 
 def ranked_pairs(grid: Any, strategy: Strategy, k: int = 3, q: Any = 2, top: int = 5) -> pd.DataFrame:
-    """The ``top`` best non-overlapping pairs (centres and total), to show how close the runners-up are."""
+    """The ``top`` best non-overlapping pairs (centres and total), to show how close the runners-up are. (Chapter 03)"""
     grid = np.asarray(grid)
     scores = window_scores(grid, strategy, k, q).ravel().astype(float)
     pos = window_positions(grid.shape, k) + k // 2
@@ -222,7 +224,7 @@ def ranked_pairs(grid: Any, strategy: Strategy, k: int = 3, q: Any = 2, top: int
 
 
 def draw_placement(ax: Any, grid: Any, placement: Placement, title: str | None = None) -> None:
-    """The map with its values printed in the cells and the two features as coloured boxes."""
+    """The map with its values printed in the cells and the two features as coloured boxes. (Chapter 03)"""
 
     grid = np.asarray(grid)
     ax.imshow(grid, cmap="Greys", vmin=grid.min(), vmax=grid.max() * 1.6)
@@ -246,7 +248,7 @@ def perturb(grid: Any, kind: str, level: float, n: int, rng: np.random.Generator
 
     ``"gaussian"``: add N(0, level^2) to every cell. ``"salt_pepper"``: each cell independently
     with probability ``level`` is replaced, half the time by 0 (pepper) and half by the map's
-    maximum (salt). ``nonnegative`` clips at 0 afterwards (masses as after a ReLU).
+    maximum (salt). ``nonnegative`` clips at 0 afterwards (masses as after a ReLU). (Chapter 03)
     """
     grid = np.asarray(grid, dtype=float)
     if kind == "gaussian":
@@ -288,7 +290,7 @@ def robustness_trials(grid: Any = FIGURE3_MAP,
     ``_shift``). ``pair``: the chosen pair as an index into ``window_pairs`` (for
     ``agreement_trials``).
 
-    Columns: noise, level, trial, strategy, pair, kept, shift.
+    Columns: noise, level, trial, strategy, pair, kept, shift. (Chapter 03)
     """
     grid = np.asarray(grid, dtype=float)
     if levels is None:
@@ -321,7 +323,7 @@ def robustness_trials(grid: Any = FIGURE3_MAP,
 
 
 def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) binomial confidence interval of a proportion."""
+    """Exact (Clopper-Pearson) binomial confidence interval of a proportion. (Chapter 03)"""
 
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="exact")
     return float(ci.low), float(ci.high)
@@ -332,7 +334,7 @@ def agreement_trials(trials: pd.DataFrame) -> pd.DataFrame:
     same placement? Trial i is paired with trial i + n // 2 of the same noise, level and
     strategy (the same trial pairs for both strategies). Columns: noise, level, trial (the pair's
     number), strategy, agree. Unlike ``kept`` it does not depend on how ties of the clean map
-    are counted: a strategy whose clean optimum is tied agrees with itself only by chance."""
+    are counted: a strategy whose clean optimum is tied agrees with itself only by chance. (Chapter 03)"""
     frames = []
     for (kind, level, strategy), t in trials.groupby(["noise", "level", "strategy"], sort=False):
         pair = t.sort_values("trial")["pair"].to_numpy()
@@ -345,7 +347,7 @@ def agreement_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 def summarize_robustness(trials: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per noise, level and strategy: n, kept, p_kept with its exact CI, mean shift and its SE,
-    and the agreement rate of independent noisy copies (``agreement_trials``) with its exact CI."""
+    and the agreement rate of independent noisy copies (``agreement_trials``) with its exact CI. (Chapter 03)"""
     agree = agreement_trials(trials).groupby(["noise", "level", "strategy"], sort=False)["agree"]
     rows = []
     for (kind, level, strategy), t in trials.groupby(["noise", "level", "strategy"], sort=False):
@@ -368,7 +370,7 @@ ROBUSTNESS_INTERVALS = {"p_kept": ("ci_low", "ci_high"), "p_agree": ("agree_low"
 def draw_robustness(ax: Any, summary: pd.DataFrame, noise: str, measure: str) -> None:
     """One measure of :func:`summarize_robustness` (``p_kept``, ``p_agree`` or ``mean_shift``)
     against the level of ``noise`` on a log axis, one line per strategy in its colour, with
-    the 95% intervals of the summary (exact binomial; the shift: +-1.96 standard errors)."""
+    the 95% intervals of the summary (exact binomial; the shift: +-1.96 standard errors). (Chapter 03)"""
     for strategy in STRATEGIES:
         t = summary[(summary.noise == noise) & (summary.strategy == strategy)]
         interval = ROBUSTNESS_INTERVALS[measure]
@@ -388,7 +390,7 @@ def paired_comparison(trials: pd.DataFrame, a: str = "cohesion", b: str = "sum",
     """Exact McNemar test per noise and level: is the boolean ``metric`` ("kept", or "agree" on
     ``agreement_trials``) true more often for strategy ``a`` than for ``b`` on the same noisy
     maps? Columns: only_a, only_b (discordant trials), p_a_better, p_b_better (one-sided exact
-    binomial p-values on the discordant trials)."""
+    binomial p-values on the discordant trials). (Chapter 03)"""
 
     rows = []
     for (kind, level), t in trials.groupby(["noise", "level"], sort=False):
@@ -419,7 +421,7 @@ FILTERS_1D: dict[str, tuple[float, ...]] = {
 
 
 def unit(w: Sequence[float]) -> np.ndarray:
-    """w scaled to unit L2 norm (the theorem's constraint)."""
+    """w scaled to unit L2 norm (the theorem's constraint). (Chapter 03)"""
     w = np.asarray(w, dtype=float)
     if w.ndim != 1 or len(w) % 2 == 0 or not np.isfinite(w).all() or not np.any(w):
         raise ValueError(f"a filter is an odd-length non-zero finite vector for offsets -k..k, got {w}")
@@ -428,7 +430,7 @@ def unit(w: Sequence[float]) -> np.ndarray:
 
 def filter_bank(g: Callable[[int], float], ks: Sequence[int] = (1, 2)) -> dict[str, np.ndarray]:
     """``FILTERS_1D`` plus the minimax-optimal filters of Theorem 2 (``locolib.minimax.solve``),
-    signed and non-negative, for each half-width k in ``ks``; all at unit norm."""
+    signed and non-negative, for each half-width k in ``ks``; all at unit norm. (Chapter 03)"""
 
     bank = {name: unit(w) for name, w in FILTERS_1D.items()}
     for k in ks:
@@ -456,7 +458,7 @@ def locate_1d(g: Callable[[int], float], filters: Mapping[str, Sequence[float]],
     filter half-width, shorter filters zero-padded, so every window lies on the line). The true
     location is x* = 0. One noise draw per trial serves every level and filter (common random
     numbers: differences between filters are estimated precisely). Ties (measure zero) go to the
-    smallest x.
+    smallest x. (Chapter 03)
     """
     if half_width < 1:
         raise ValueError(f"half_width must be >= 1, got {half_width}")
@@ -477,7 +479,7 @@ def locate_1d(g: Callable[[int], float], filters: Mapping[str, Sequence[float]],
 def localisation_table(x: np.ndarray, names: Sequence[str], noise_levels: Sequence[float],
                        confidence: float = 0.95) -> pd.DataFrame:
     """Summarise ``locate_1d``'s estimates x (levels, filters, trials): per filter and noise level
-    s, P(x' != x*) with an exact CI and the mean |x' - x*| with its standard error."""
+    s, P(x' != x*) with an exact CI and the mean |x' - x*| with its standard error. (Chapter 03)"""
     n = x.shape[-1]
     rows = []
     for i, s in enumerate(noise_levels):
@@ -495,7 +497,7 @@ def compare_filters(x: np.ndarray, names: Sequence[str], noise_levels: Sequence[
                     a: str, b: str) -> pd.DataFrame:
     """Paired comparison of filters a and b on the same noisy lines, per noise level: differences
     (a - b) of P(x' != x*) and of mean |x' - x*|, with one-sided p-values that a errs *less*
-    (exact McNemar on the trials where exactly one errs; paired t-test on |error|)."""
+    (exact McNemar on the trials where exactly one errs; paired t-test on |error|). (Chapter 03)"""
 
     ia, ib = list(names).index(a), list(names).index(b)
     rows = []
@@ -513,7 +515,7 @@ def compare_filters(x: np.ndarray, names: Sequence[str], noise_levels: Sequence[
 
 
 def merge_identical(filters: Mapping[str, Sequence[float]], atol: float = 1e-9) -> dict[str, np.ndarray]:
-    """Filters equal up to zero padding merged into one entry named "a = b = ..." (first kept)."""
+    """Filters equal up to zero padding merged into one entry named "a = b = ..." (first kept). (Chapter 03)"""
     names, w = _padded(filters)
     merged: dict[str, np.ndarray] = {}
     groups: list[list[int]] = []
@@ -531,7 +533,7 @@ def merge_identical(filters: Mapping[str, Sequence[float]], atol: float = 1e-9) 
 
 def centre_only_p_correct(g: Callable[[int], float], s: float, half_width: int = 20) -> float:
     """P(x' = 0) for the centre-only filter, by numerical integration (no simulation):
-    P(m(0) > m(x) for all x != 0) = int phi(z) prod_{x != 0} Phi(z + (g(0) - g(x)) / s) dz."""
+    P(m(0) > m(x) for all x != 0) = int phi(z) prod_{x != 0} Phi(z + (g(0) - g(x)) / s) dz. (Chapter 03)"""
 
     gaps = np.array([g(0) - g(x) for x in range(-half_width, half_width + 1) if x != 0]) / s
     value, _ = integrate.quad(lambda z: stats.norm.pdf(z) * np.prod(stats.norm.cdf(z + gaps)),
@@ -544,7 +546,7 @@ def centre_only_p_correct(g: Callable[[int], float], s: float, half_width: int =
 def strength_weights(m: Sequence[float], l: Sequence[float] | Callable[[int], float]) -> np.ndarray:
     """Section 5's optimum w_j = m(j) l(j) for offsets j = -k..k (m given for those offsets).
 
-    ``l`` is a sequence of the same length or a function of the offset j.
+    ``l`` is a sequence of the same length or a function of the offset j. (Chapter 03)
     """
     m = np.asarray(m, dtype=float)
     if m.ndim != 1 or len(m) % 2 == 0:
@@ -561,7 +563,7 @@ def alignment_loss(w: Sequence[float], m: Sequence[float], l: Sequence[float] | 
     """Section 5's objective sum_j ||m(j) l(j) - w_j||_p for scalars, read as sum_j |.|^p.
 
     (The L_p norm of a scalar is its absolute value for every p; raising it to the p-th power
-    changes neither the minimiser nor the zero minimum.)
+    changes neither the minimiser nor the zero minimum.) (Chapter 03)
     """
     if p < 1:
         raise ValueError(f"p must be >= 1, got {p}")

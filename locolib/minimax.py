@@ -54,23 +54,27 @@ ASSUMPTIONS = {
 
 
 def gaussian(sigma: float) -> Profile:
+    """The profile g(x) = exp(-x^2 / (2 sigma^2)). (Chapter 02)"""
     return lambda x: math.exp(-x * x / (2 * sigma**2))
 
 
 def laplace(tau: float) -> Profile:
+    """The profile g(x) = exp(-|x| / tau). (Chapters 02, 03)"""
     return lambda x: math.exp(-abs(x) / tau)
 
 
 def cauchy(c: float) -> Profile:
+    """The profile g(x) = 1 / (1 + x^2 / c). (Chapter 02)"""
     return lambda x: 1 / (1 + x * x / c)
 
 
 def power(p: float) -> Profile:
+    """The profile g(x) = (1 + |x|)^-p. (Chapter 02)"""
     return lambda x: (1 + abs(x)) ** -float(p)
 
 
 def profile_grid() -> dict[str, Profile]:
-    """The profiles the chapter checks Theorem 2 on (Gaussians are convex enough only for sigma < 0.91)."""
+    """The profiles the chapter checks Theorem 2 on (Gaussians are convex enough only for sigma < 0.91). (Chapter 02)"""
     return {
         **{f"Gaussian sigma={s}": gaussian(s) for s in (0.5, 0.7, 0.85)},
         **{f"Laplace tau={t}": laplace(t) for t in (0.5, 1, 2, 5)},
@@ -99,7 +103,7 @@ def _first_failure(ok: np.ndarray) -> int | None:
 def check_assumptions(g: Profile, x_max: int = 20) -> dict[str, int | None]:
     """The paper's assumptions on g checked for |x| <= x_max (keys and wording: ``ASSUMPTIONS``).
 
-    Each value is None where the assumption holds there, else the first x >= 0 where it fails.
+    Each value is None where the assumption holds there, else the first x >= 0 where it fails. (Chapters 02, 03)
     """
     _require_int(x_max, "x_max", 2)
     values = np.array([_real(g, x) for x in range(-x_max, x_max + 1)])
@@ -127,7 +131,7 @@ def _require_assumptions(g: Profile, x_max: int) -> None:
 
 
 def coefficients(g: Profile, k: int, xs: Sequence[int]) -> np.ndarray:
-    """Rows a_x = (g(j) - g(x + j))_{j=-k..k}: E[f(0, w) - f(x, w)] = a_x . w."""
+    """Rows a_x = (g(j) - g(x + j))_{j=-k..k}: E[f(0, w) - f(x, w)] = a_x . w. (Chapters 02, 03)"""
     xs, j = np.asarray(xs, dtype=int), np.arange(-k, k + 1)
     r = int(np.abs(xs).max()) + k
     values = np.array([_real(g, x) for x in range(-r, r + 1)])
@@ -292,7 +296,7 @@ def solve(
     |x| <= x_max + k + 1, see :func:`check_assumptions`); values are exact to ``TOLERANCE``. The L1
     and L-infinity programmes also take g(x) -> 0 as |x| -> infinity, as every profile here does: a
     feature fades with distance, and subtracting a constant background from g changes no gap.
-    Under L-infinity the optimal weights need not be unique (the value is).
+    Under L-infinity the optimal weights need not be unique (the value is). (Chapters 02, 03)
     """
     if reading not in ("maxmin", "minmax"):
         raise ValueError(f"reading must be 'maxmin' or 'minmax', got {reading!r}")
@@ -326,7 +330,7 @@ def worst_gap(g: Profile, weights: Sequence[float], x_max: int = 16) -> float:
     """inf_{x != 0} E[f(0, w) - f(x, w)] of the given filter (offsets -k..k, not normalised).
 
     For sum(w) < 0 the infimum may be approached only as |x| -> infinity; it then includes that
-    limit, sum_j w_j g(j), which takes g(x) -> 0 (see :func:`solve`).
+    limit, sum_j w_j g(j), which takes g(x) -> 0 (see :func:`solve`). (Chapters 02, 03)
     """
     w = _filter(weights)
     k = len(w) // 2
@@ -338,7 +342,7 @@ def worst_snr(g: Profile, weights: Sequence[float], x_max: int = 16) -> float:
     """inf_{x != 0} of E[f(0,w) - f(x,w)] / sd(f(0,w) - f(x,w)) at noise level s = 1.
 
     At noise level s every ratio is divided by s, so the filter maximising it is the same for all s.
-    Beyond |x| > 2k the windows are disjoint and sd = sqrt(2) ||w||.
+    Beyond |x| > 2k the windows are disjoint and sd = sqrt(2) ||w||. (Chapters 02, 03)
     """
     w = _filter(weights)
     far = math.sqrt(2) * np.linalg.norm(w)
@@ -361,7 +365,7 @@ def laplacian_filter(g: Profile, k: int = 1) -> tuple[np.ndarray, float]:
     """b / ||b|| and ||b|| for b = (a_1 + a_{-1}) / 2, i.e. b_j = g(j) - (g(j-1) + g(j+1)) / 2.
 
     For every unit w, min(a_1 . w, a_{-1} . w) <= b . w <= ||b||: ||b|| bounds the signed maxmin
-    value, and b / ||b|| is the unique optimum exactly when it keeps every |x| >= 2 gap >= ||b||.
+    value, and b / ||b|| is the unique optimum exactly when it keeps every |x| >= 2 gap >= ||b||. (Chapter 02)
     """
     _require_int(k, "k", 1)
     b = np.array([g(j) - (g(j - 1) + g(j + 1)) / 2 for j in range(-k, k + 1)])
@@ -370,14 +374,14 @@ def laplacian_filter(g: Profile, k: int = 1) -> tuple[np.ndarray, float]:
 
 def neighbour_filter(beta: float, k: int = 1) -> np.ndarray:
     """Unit-norm filter with w_0 proportional to 1 and every other w_j to beta: beta = 0 is
-    centre-only, beta = 1 uniform, beta < 0 a sharpening (Laplacian-like) filter."""
+    centre-only, beta = 1 uniform, beta < 0 a sharpening (Laplacian-like) filter. (Chapter 02)"""
     w = np.full(2 * k + 1, float(beta))
     w[k] = 1.0
     return w / np.linalg.norm(w)
 
 
 def summary(g: Profile, k: int) -> dict[str, object]:
-    """Both readings, signed and non-negative, next to the centre-only gap g(0) - g(1) and ||b||."""
+    """Both readings, signed and non-negative, next to the centre-only gap g(0) - g(1) and ||b||. (Chapter 02)"""
     row: dict[str, object] = {"k": k, "centre-only gap": g(0) - g(1)}
     for reading in ("maxmin", "minmax"):
         for nonnegative in (False, True):
@@ -393,7 +397,7 @@ def by_norm(profiles: Mapping[str, Profile], ks: Sequence[int] = (1, 2)) -> pd.D
     One row per norm, sign ("signed" or "w >= 0"), profile and k: the optimal value, the
     centre-only gap g(0) - g(1) (the centre-only filter has unit norm in every norm, so it attains
     that gap in each), the optimum's relative gain over it, the optimal weights, and whether they
-    are the centre-only filter.
+    are the centre-only filter. (Chapter 02)
     """
     rows = []
     for norm, nonnegative, (name, g), k in itertools.product(NORMS, (False, True), profiles.items(), ks):
@@ -410,7 +414,7 @@ def laplace_linf_certificate() -> dict[str, object]:
     (x = -1, -2, ... by symmetry); and p = sum_x l_x a_x for multipliers alpha / 2 on x = 1 and on
     x = -1 and 1 - alpha on the limit x -> infinity, (g(j))_j, with alpha = 2r / (1 + r^2). If every
     gap and p_0 equal V = (1 - r^2) / (1 + r^2) = tanh(1/tau) and p_{+-1} = 0, then V is the optimum:
-    every admissible w' has min_x a_x . w' <= p . w' <= ||p||_1 = V, and w attains it.
+    every admissible w' has min_x a_x . w' <= p . w' <= ||p||_1 = V, and w attains it. (Chapter 02)
     """
     r, x = sympy.symbols("r x", positive=True)
     t, alpha = r / (1 + r**2), 2 * r / (1 + r**2)
@@ -432,7 +436,7 @@ def laplace_linf_certificate() -> dict[str, object]:
 
 def snr_optimal_beta(g: Profile, bounds: tuple[float, float] = (-0.5, 1.0)) -> float:
     """The neighbour weight beta of the k = 1 filter (beta, 1, beta) with the largest worst-case
-    signal-to-noise ratio (:func:`worst_snr`), to 1e-8 (Noise chapter)."""
+    signal-to-noise ratio (:func:`worst_snr`), to 1e-8 (Noise chapter). (Chapter 02)"""
     best = minimize_scalar(lambda b: -worst_snr(g, neighbour_filter(b)), bounds=bounds, method="bounded",
                            options={"xatol": 1e-8})
     return float(best.x)
@@ -442,7 +446,7 @@ def decay_families() -> dict[str, list[tuple[float, Profile]]]:
     """Profile families, each member (parameter, g) listed from slow to fast decay (Noise chapter).
 
     Gaussians narrower than sigma = 0.5 underflow to 0 within the solver's range; wider than 0.9
-    they break the convexity assumption.
+    they break the convexity assumption. (Chapter 02)
     """
     return {
         "Laplace exp(-a|x|), a": [(a, laplace(1 / a)) for a in (0.25, 0.5, 1, 1.5, 2, 3)],
@@ -453,7 +457,7 @@ def decay_families() -> dict[str, list[tuple[float, Profile]]]:
 
 
 def centre_share(weights: Sequence[float]) -> float:
-    """|w_0| / ||w||_2: the centre weight of a filter scaled to unit L2 norm."""
+    """|w_0| / ||w||_2: the centre weight of a filter scaled to unit L2 norm. (Chapter 02)"""
     w = _filter(weights)
     return float(abs(w[len(w) // 2]) / np.linalg.norm(w))
 
@@ -461,7 +465,7 @@ def centre_share(weights: Sequence[float]) -> float:
 def centre_weights(g: Profile) -> dict[str, float]:
     """The centre share of the k = 1 filter that each criterion picks (Noise chapter): the max-min
     optimum (w >= 0, the same in every norm; signed under L2 and L-infinity), the filter with the
-    best worst-case signal-to-noise ratio, and the matched filter w proportional to g."""
+    best worst-case signal-to-noise ratio, and the matched filter w proportional to g. (Chapter 02)"""
     return {
         "max-min, w >= 0": centre_share(solve(g, 1, True)[0]),
         "max-min, signed, l2": centre_share(solve(g, 1)[0]),
@@ -474,7 +478,7 @@ def centre_weights(g: Profile) -> dict[str, float]:
 def centre_weight_table(families: Mapping[str, Sequence[tuple[float, Profile]]]) -> pd.DataFrame:
     """:func:`centre_weights` for every member of each family, with the step ratio
     d_1 / d_0 = (g(1) - g(2)) / (g(0) - g(1)) and whether the signed L2 optimum is the Laplacian
-    filter b / ||b|| (Theorem 2' (b)); rows in the families' order (Noise chapter)."""
+    filter b / ||b|| (Theorem 2' (b)); rows in the families' order (Noise chapter). (Chapter 02)"""
     rows = []
     for family, members in families.items():
         for parameter, g in members:
@@ -485,7 +489,7 @@ def centre_weight_table(families: Mapping[str, Sequence[tuple[float, Profile]]])
 
 
 def trend(values: Sequence[float], tol: float = 1e-9) -> str:
-    """How a sequence moves: "rises", "falls", "constant" (every step within tol) or "not monotone"."""
+    """How a sequence moves: "rises", "falls", "constant" (every step within tol) or "not monotone". (Chapter 02)"""
     steps = np.diff(np.asarray(values, dtype=float))
     if (np.abs(steps) <= tol).all():
         return "constant"
@@ -508,7 +512,7 @@ PAPER_TABLE_2 = {  # as printed: the coefficients of w_-1, w_0, w_1 in Eq. 4.4
 
 
 def coefficient(x: int, j: int) -> sympy.Expr:
-    """The coefficient g(j) - g(x + j) of w_j in Eq. 4.4, written with g(-y) = g(y)."""
+    """The coefficient g(j) - g(x + j) of w_j in Eq. 4.4, written with g(-y) = g(y). (Chapter 02)"""
     return G(abs(j)) - G(abs(x + j))
 
 
@@ -519,7 +523,7 @@ def implied_sign(expr: sympy.Expr) -> int | None:
     On 0..N those g are exactly g(n) = g(0) - (d_0 + ... + d_{n-1}) with steps
     d_i = c + e_i + ... + e_{N-2} for arbitrary c, e > 0 (decreasing: d > 0; convex: d_i > d_{i+1}).
     The expression becomes a linear form in (g(0), c, e): it has one sign on that whole open
-    orthant iff g(0) drops out and the other coefficients share a sign.
+    orthant iff g(0) drops out and the other coefficients share a sign. (Chapter 02)
     """
     n_max = max((int(a.args[0]) for a in expr.atoms(sympy.core.function.AppliedUndef)), default=0)
     c, g0 = sympy.Symbol("c", positive=True), sympy.Symbol("g_0", real=True)
@@ -534,7 +538,7 @@ def implied_sign(expr: sympy.Expr) -> int | None:
 
 
 def table_2(xs: Sequence[int] = (-3, -2, -1, 1, 2, 3), k: int = 1) -> pd.DataFrame:
-    """Table 2 derived: each cell 'g(|j|) - g(|x+j|) op 0' with op the sign the assumptions imply."""
+    """Table 2 derived: each cell 'g(|j|) - g(|x+j|) op 0' with op the sign the assumptions imply. (Chapter 02)"""
     ops = {1: ">", 0: "=", -1: "<", None: "?"}
     rows = {
         x: [f"g({abs(j)}) - g({abs(x + j)}) {ops[implied_sign(coefficient(x, j))]} 0" for j in range(-k, k + 1)]
@@ -549,11 +553,12 @@ S = sympy.Symbol("s", positive=True)
 
 
 def weight_symbols(k: int) -> list[sympy.Symbol]:
+    """The real symbols w_{-k}, ..., w_{k} of a filter of length 2k + 1. (Chapter 02)"""
     return [sympy.Symbol(f"w_{{{j}}}", real=True) for j in range(-k, k + 1)]
 
 
 def noise_coefficients(x: int, k: int) -> dict[int, sympy.Expr]:
-    """c_i with f(x, w) - f(0, w) = sum_j w_j (g(x+j) - g(j)) + sum_i c_i eps_i (zeros dropped)."""
+    """c_i with f(x, w) - f(0, w) = sum_j w_j (g(x+j) - g(j)) + sum_i c_i eps_i (zeros dropped). (Chapter 02)"""
     c: dict[int, sympy.Expr] = {}
     for j, w in zip(range(-k, k + 1), weight_symbols(k)):
         c[x + j] = c.get(x + j, 0) + w  # eps_{x+j} enters f(x, w) ...
@@ -562,17 +567,17 @@ def noise_coefficients(x: int, k: int) -> dict[int, sympy.Expr]:
 
 
 def difference_variance(x: int, k: int) -> sympy.Expr:
-    """Var(f(x, w) - f(0, w)) = s^2 sum_i c_i^2, the eps_i being independent with variance s^2."""
+    """Var(f(x, w) - f(0, w)) = s^2 sum_i c_i^2, the eps_i being independent with variance s^2. (Chapter 02)"""
     return sympy.expand(S**2 * sum(ci**2 for ci in noise_coefficients(x, k).values()))
 
 
 def paper_variance(k: int) -> sympy.Expr:
-    """The paper's claim s^2 sum_j w_j^2 (= Var f(x, w) alone)."""
+    """The paper's claim s^2 sum_j w_j^2 (= Var f(x, w) alone). (Chapter 02)"""
     return S**2 * sum(w**2 for w in weight_symbols(k))
 
 
 def variance(weights: Sequence[float], x: int, s: float = 1.0) -> float:
-    """Var(f(x, w) - f(0, w)) = 2 s^2 (sum_j w_j^2 - sum_j w_j w_{j+x}), w_j = 0 for |j| > k."""
+    """Var(f(x, w) - f(0, w)) = 2 s^2 (sum_j w_j^2 - sum_j w_j w_{j+x}), w_j = 0 for |j| > k. (Chapters 02, 03)"""
     w = _filter(weights)
     lag = abs(int(x))
     overlap = w[lag:] @ w[: len(w) - lag] if lag < len(w) else 0.0
@@ -585,7 +590,7 @@ def variance(weights: Sequence[float], x: int, s: float = 1.0) -> float:
 def sample_gaps(
     g: Profile, weights: Sequence[float], x: int, s: float, n: int, seed: int = 0
 ) -> np.ndarray:
-    """n draws of f(0, w) - f(x, w) with Gaussian noise of standard deviation s."""
+    """n draws of f(0, w) - f(x, w) with Gaussian noise of standard deviation s. (Chapter 02)"""
     w = _filter(weights)
     k = len(w) // 2
     lo, hi = min(0, x) - k, max(0, x) + k
@@ -607,7 +612,7 @@ def localisation_rate(
     """P(argmax_{|x| <= half_width} f(x, w) = 0) per noise level (rows) and filter (columns).
 
     One Gaussian noise draw per sample is shared by all s and filters (common random numbers), so
-    differences between filters are estimated far more precisely than the rates themselves.
+    differences between filters are estimated far more precisely than the rates themselves. (Chapter 02)
     """
     W = np.array([_filter(w) for w in filters])
     k = W.shape[1] // 2

@@ -47,6 +47,8 @@ def _spatial_k(map_size: int, kernel_size: int) -> int:
 
 
 def conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False):
+    """A k x k convolution (same padding), BatchNorm and ReLU: the block of the book's networks.
+    (Chapters 04-07; Table 3)"""
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=bias),
         nn.BatchNorm2d(cout),
@@ -55,7 +57,9 @@ def conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, 
 
 
 class VGG13(nn.Module):
-    """Table 3 VGG13: [64, 64, MP, 128, 128, MP, 256, 256, MP, 512, 512, MP, 512, 512, MP], FC."""
+    """Table 3 VGG13: [64, 64, MP, 128, 128, MP, 256, 256, MP, 512, 512, MP, 512, 512, MP], FC.
+    (Chapters 04-07; Table 3)
+    """
 
     cfg = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -80,7 +84,9 @@ class VGG13(nn.Module):
 
 
 class MobileNet(nn.Module):
-    """Table 3 MobileNet: 3x3 conv 64 (s1), 9 (depthwise 3x3 + pointwise 1x1) pairs, MP 2x2, FC."""
+    """Table 3 MobileNet: 3x3 conv 64 (s1), 9 (depthwise 3x3 + pointwise 1x1) pairs, MP 2x2, FC.
+    (Chapters 04-07; Table 3)
+    """
 
     # (depthwise stride, pointwise output channels); the depthwise layer keeps its input depth.
     cfg = ((2, 64), (1, 128), (2, 128), (1, 256), (1, 256), (2, 256), (1, 512), (1, 512), (2, 512))
@@ -107,7 +113,9 @@ class MobileNet(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv-BN, ReLU between/after, 1x1 conv-BN projection shortcut."""
+    """ResNet basic block: two 3x3 conv-BN, ReLU between/after, 1x1 conv-BN projection shortcut.
+    (Chapters 04-07; Table 3)
+    """
 
     def __init__(self, cin: int, cout: int, stride: int, k1: int = 3, k2: int = 3,
                  bias: bool = False) -> None:
@@ -129,7 +137,7 @@ class BasicBlock(nn.Module):
 
 class ResNet18(nn.Module):
     """CIFAR ResNet18: 3x3 stem conv 64 (no max-pool), BasicBlocks [2, 2, 2, 2] with 64-512
-    channels (strides 1, 2, 2, 2), global average pooling, FC."""
+    channels (strides 1, 2, 2, 2), global average pooling, FC. (Chapters 04-07; Table 3)"""
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0,
                  kernel_size: int = 3, conv_bias: bool = False, min_channels: int = 4) -> None:
@@ -181,7 +189,7 @@ def _keras_init_(model: nn.Module) -> None:
 @dataclass(frozen=True)
 class NetworkSpec:
     """A registered network: a class built as ``cls(num_classes, in_channels, width, kernel_size,
-    conv_bias, min_channels)`` for 32 x 32 inputs, and a line for readers."""
+    conv_bias, min_channels)`` for 32 x 32 inputs, and a line for readers. (Chapters 04-07; Table 3)"""
 
     cls: Callable[..., nn.Module]
     description: str
@@ -213,7 +221,7 @@ def build_model(
 
     Initialisation draws from torch's global RNG: call ``torch.manual_seed`` first for a
     reproducible model. ``padding_mode`` (:data:`PADDING_MODES`) is set on every padded
-    convolution after construction, so registered networks need not know about it.
+    convolution after construction, so registered networks need not know about it. (Chapters 04-07)
     """
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose one of {list(NETWORKS)} "

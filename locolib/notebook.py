@@ -13,7 +13,11 @@ import numpy as np
 
 from locolib.results import RESULTS_ENV
 
-PROFILES = ("smoke", "default", "gpu")
+#: The profiles every chapter writes out (``smoke``: seconds on a CPU, the tests' run; ``default``:
+#: what the book shows), and all the book can be built with (a chapter without ``gpu`` shows its
+#: default there).
+REQUIRED_PROFILES = ("smoke", "default")
+PROFILES = (*REQUIRED_PROFILES, "gpu")
 
 # The width of the book's figures in inches: at 100 dpi, with the inline backend's small margin,
 # they fit the text column (676 px of content at a 1280 px window) unscaled, so their fonts are
@@ -25,7 +29,7 @@ def choose_profile(profiles: Mapping[str, Mapping[str, Any]], profile: str) -> d
     """Return the settings of ``profile`` from a notebook's ``profiles`` literal.
 
     A profile may be missing from a notebook (not every chapter has a GPU setting); asking for it
-    is an error that names the profiles there are.
+    is an error that names the profiles there are. (Chapters 01-04, 07)
     """
     if profile not in profiles:
         raise ValueError(
@@ -40,7 +44,7 @@ def glue(name: str, value: Any) -> Any:
 
     Chapters glue the numbers their opening answer quotes, so that prose and computation cannot
     drift: a role naming a key nobody glued fails the book build. Where myst-nb is not installed
-    (a notebook run in Colab) nothing is recorded and the value is only returned.
+    (a notebook run in Colab) nothing is recorded and the value is only returned. (Chapters 01-07)
     """
     try:
         from myst_nb import glue as myst_glue  # noqa: PLC0415 -- optional dependency (locolib[book])
@@ -54,7 +58,7 @@ def glue(name: str, value: Any) -> Any:
 def book_style(threads: int | None = None) -> None:
     """Settings every chapter starts with: figures drawn at the width of the book's text column
     (``FIGURE_WIDTH`` inches at 100 dpi) with fonts of at least 9 pt there, pandas tables with 3 decimals, and
-    ``threads`` torch CPU threads (None: torch's default)."""
+    ``threads`` torch CPU threads (None: torch's default). (Chapters 01-06)"""
     import matplotlib.pyplot as plt  # noqa: PLC0415 -- only a chapter needs it
     import pandas as pd  # noqa: PLC0415
 
@@ -72,7 +76,7 @@ def read_parameters(path: str | Path) -> dict[str, Any]:
     """The literals assigned in a notebook's cell tagged ``parameters``.
 
     Raises ValueError if there is not exactly one such cell or it holds anything but plain
-    ``name = literal`` assignments (papermill can only override those faithfully).
+    ``name = literal`` assignments (papermill can only override those faithfully). (Chapters 01-07)
     """
 
     import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
@@ -114,7 +118,7 @@ def run_notebook(
     adds records to the repository's ``results/``; the other profiles use the repository's.
 
     The output notebook shows text as a terminal would (:func:`settle_streams`): a progress bar
-    its final state, not one line per update.
+    its final state, not one line per update. (Chapters 01-07)
     """
     import papermill  # noqa: PLC0415 -- optional dependency (locolib[book])
 
@@ -142,7 +146,7 @@ def run_notebook(
 def settle_streams(path: str | Path) -> None:
     """Rewrite the notebook at ``path`` so that each cell's consecutive outputs of one stream
     are one output, of every line only what its last carriage return left is kept, and blank
-    stream outputs are dropped."""
+    stream outputs are dropped. (Chapters 01-07)"""
     import nbformat  # noqa: PLC0415 -- optional dependency (locolib[book])
 
     nb = nbformat.read(path, as_version=4)
@@ -200,7 +204,7 @@ def colab_cell_source(config: str | Path) -> str:
     (in Colab it also installs the dependencies) and moves into the clone's ``notebooks/``: the
     chapter then reads the book's own training records. ``$LOCOLIB_REPOSITORY`` replaces the URL
     (a test clones a local copy). Inside the repository (the book build, a checkout) it does
-    nothing. The repository URL and branch are written down once, in ``_config.yml``.
+    nothing. The repository URL and branch are written down once, in ``_config.yml``. (Chapters 01-07)
     """
     import yaml  # noqa: PLC0415 -- optional dependency (locolib[book])
 
@@ -231,4 +235,5 @@ def colab_cell_source(config: str | Path) -> str:
 
 
 def is_colab_cell(source: str) -> bool:
+    """Whether ``source`` is the Colab cell (:func:`colab_cell_source`). (Chapters 01-07)"""
     return source.startswith(COLAB_MARKER)

@@ -25,6 +25,8 @@ paper's design itself (250 epochs, full width), with pairs sized from the spread
 (:func:`paper_paired_sd`); ``gpu*`` and ``colab`` are the same design at 15 epochs. Each states
 its dose, pairs and paired SD in :attr:`Study.design`; :mod:`locolib.budget` prices it. The
 ``padding`` study (chapter 07) changes only the padding of the default study's L2 runs.
+``feature_maps`` (chapter 04) and ``kernel5`` (chapter 07, the 5 x 5 VGG13) are those chapters'
+own small runs, whose weights the chapters keep; each has a ``_smoke`` twin.
 
 ``python -m locolib.plans default`` trains a profile (run it in two shells at once to use two
 cores: runs are claimed with lock files); ``--dry-run`` lists it, with cost and power for a GPU
@@ -56,7 +58,7 @@ from locolib.sweep import print_status, run_sweep
 from locolib.train import check_device, dose_matched_lam, paper_dose, regularization_dose
 
 __all__ = ["Arm", "Study", "STUDIES", "GROUPS", "PAPER_TABLE5", "paper_table5", "paper_difference", "paper_paired_sd",
-           "pairs_to_detect", "FEATURE_MAP_RUNS", "feature_map_configs", "KERNEL5_STUDIES", "study", "run_study",
+           "pairs_to_detect", "study", "run_study",
            "arm_frame", "arm_history", "main", "Hypothesis", "Preregistration", "SeededSplitArm",
            "MECHANISM", "MECHANISM_SMOKE", "MECHANISM_EXTENSION", "MECHANISM_RETRAIN", "RETRAIN_DIR",
            "MECHANISM_STUDIES",
@@ -349,10 +351,8 @@ STUDIES: dict[str, Study] = {
        for dataset in ("cifar10", "cifar100", "fashion_mnist")},
 }
 #: Names that train several studies in turn (``python -m locolib.plans paper``).
-GROUPS: dict[str, tuple[str, ...]] = {
-    "paper": ("paper_cifar10", "paper_cifar100", "paper_fashion_mnist"),
-    "gpu_all": ("gpu", "gpu_cifar100", "gpu_fashion_mnist"),
-}
+GROUPS: dict[str, tuple[str, ...]] = {group: tuple(name for name in STUDIES if name.startswith(prefix))
+                                      for group, prefix in (("paper", "paper_"), ("gpu_all", "gpu"))}
 
 #: The padding study (chapter 07): does zero padding make the upper layers local?
 PADDING_PAIRS = 20
@@ -404,30 +404,24 @@ def _kernel5_study(profile: str, dataset: str, seeds: int, **protocol: Any) -> S
     return Study(profile, dataset, {"kernel_size": 5, **protocol}, (arm,), cs=())
 
 
-#: Chapter 07's 5 x 5 VGG13 by the chapter's profile, trained by the chapter (its weights are kept: the chapter compares
+#: Chapter 07's 5 x 5 VGG13, trained by the chapter (its weights are kept: the chapter compares
 #: Table 4 from the kernels with Table 4 from the records).
-KERNEL5_STUDIES: dict[str, Study] = {
-    "smoke": _kernel5_study("kernel5_smoke", "digits", 2, epochs=1, width=0.0625, train_subset=256),
-    "default": _kernel5_study("kernel5", "digits", 6, epochs=15, width=0.125),
-    "gpu": _kernel5_study("kernel5_gpu", "cifar100", 5, epochs=30, width=1.0),
-}
-
-#: Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG, their
-#: weights kept for feature maps and filters.
-FEATURE_MAP_RUNS: dict[str, dict[str, Any]] = {
-    "smoke": {"width": 0.0625, "epochs": 2, "train_subset": 256, "seeds": (0,)},
-    "default": {"width": 0.125, "epochs": 40, "train_subset": None, "seeds": (0, 1)},
-}
+STUDIES["kernel5_smoke"] = _kernel5_study("kernel5_smoke", "digits", 2, epochs=1, width=0.0625, train_subset=256)
+STUDIES["kernel5"] = _kernel5_study("kernel5", "digits", 6, epochs=15, width=0.125)
+STUDIES["kernel5_gpu"] = _kernel5_study("kernel5_gpu", "cifar100", 5, epochs=30, width=1.0)
 
 
-def feature_map_configs(profile: str) -> dict[tuple[str, int], RunConfig]:
-    """Chapter 04's runs of ``profile``, keyed by (regularizer, seed)."""
-    if profile not in FEATURE_MAP_RUNS:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {list(FEATURE_MAP_RUNS)}")
-    p = dict(FEATURE_MAP_RUNS[profile])
-    seeds = p.pop("seeds")
-    return {(reg, seed): RunConfig("digits", "vgg13", reg, seed, **p, **(FIXED_LOCO if reg == "loco" else {}))
-            for seed in seeds for reg in ("l2", "loco")}
+def _feature_map_study(profile: str, seeds: int, **protocol: Any) -> Study:
+    """Chapter 04's runs: VGG13 on the digits with standard L2 and the book's fixed LOCO-REG,
+    paired by seed, their weights kept for feature maps and filters."""
+    arms = (Arm("l2/vgg13", "vgg13", "l2", tuple(range(seeds)), purpose="feature maps"),
+            Arm("loco/vgg13", "vgg13", "loco", tuple(range(seeds)), dict(FIXED_LOCO), reference="l2/vgg13",
+                purpose="feature maps"))
+    return Study(profile, "digits", protocol, arms, cs=())
+
+
+STUDIES["feature_maps_smoke"] = _feature_map_study("feature_maps_smoke", 1, width=0.0625, epochs=2, train_subset=256)
+STUDIES["feature_maps"] = _feature_map_study("feature_maps", 2, width=0.125, epochs=40)
 
 
 def study(profile: str) -> Study:

@@ -66,7 +66,7 @@ IMAGENET_MODELS: dict[str, tuple[str, str]] = {
 @dataclass
 class Loaded:
     """The outcome of :func:`load_imagenet_model`: the model (None if unavailable), where its
-    weights came from ("cache", "download", "random init") and, when skipped, why."""
+    weights came from ("cache", "download", "random init") and, when skipped, why. (Chapter 07)"""
 
     name: str
     arch: str
@@ -86,21 +86,21 @@ def _arch(name: str) -> tuple[str, str]:
 
 
 def weights_enum(name: str) -> Any:
-    """The torchvision weights entry (with its ``url``) of one of :data:`IMAGENET_MODELS`."""
+    """The torchvision weights entry (with its ``url``) of one of :data:`IMAGENET_MODELS`. (Chapter 07)"""
 
     arch, weights = _arch(name)
     return tvm.get_model_weights(arch)[weights]
 
 
 def cached_weights_path(name: str) -> Path:
-    """Where torch.hub keeps (or would keep) the weights file of model ``name``."""
+    """Where torch.hub keeps (or would keep) the weights file of model ``name``. (Chapter 07)"""
 
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum(name).url).path).name
 
 
 def published_hash(path: str | Path) -> str:
     """The start of the SHA-256 that torchvision publishes in a weights file's name
-    (``vgg16-397923af.pth`` -> ``397923af``)."""
+    (``vgg16-397923af.pth`` -> ``397923af``). (Chapter 07)"""
     m = re.fullmatch(r".+-([0-9a-f]{8,64})\.pth", Path(path).name)
     if m is None:
         raise ValueError(f"{Path(path).name}: no published hash in the file name")
@@ -139,7 +139,7 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds.
 
     Runs in a daemon thread that is abandoned after the timeout, so a slow DNS lookup (which
-    socket timeouts do not cover) cannot hang the caller either.
+    socket timeouts do not cover) cannot hang the caller either. (Chapter 07)
     """
     parts = urlparse(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -160,7 +160,7 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
 
 def build_imagenet_model(name: str, seed: int = 0) -> nn.Module:
     """Model ``name`` with torchvision's random initialisation (no weights, nothing downloaded),
-    seeded by ``seed`` without touching the caller's global RNG state."""
+    seeded by ``seed`` without touching the caller's global RNG state. (Chapter 07)"""
 
     arch, _ = _arch(name)
     kwargs = {"init_weights": True, "aux_logits": False} if arch == "inception_v3" else {}
@@ -176,7 +176,7 @@ def load_imagenet_model(name: str, pretrained: bool = True, allow_download: bool
     ``pretrained=False`` returns the randomly initialised model (``source="random init"``).
     Otherwise weights in the torch hub cache are used as they are; else, with
     ``allow_download`` and the host answering within ``timeout`` seconds, they are downloaded
-    (VGG16's file is 528 MB). Nothing here raises for a missing network.
+    (VGG16's file is 528 MB). Nothing here raises for a missing network. (Chapter 07)
     """
 
     arch, _ = _arch(name)
@@ -213,7 +213,7 @@ def imagenet_table4(names: list[str], pretrained: bool = True,
 
     Returns (status, tidy): per network where its weights came from or why it was skipped
     (``pretrained=False`` skips them all without trying), and the Table 4 cells of the loaded
-    ones (:func:`locolib.locality.table4_row` on their 3 x 3 kernels), None if none loaded.
+    ones (:func:`locolib.locality.table4_row` on their 3 x 3 kernels), None if none loaded. (Chapter 07)
     """
     status, rows = [], []
     for name in names:
@@ -231,6 +231,6 @@ def imagenet_table4(names: list[str], pretrained: bool = True,
 
 def random_init_table4(names: list[str]) -> pd.DataFrame:
     """Chapter 07's control: Table 4 of the architectures ``names`` with their random initial
-    weights (no download), labelled "<name> (random init)"."""
+    weights (no download), labelled "<name> (random init)". (Chapter 07)"""
     return pd.concat([table4_row(spatial_kernels(build_imagenet_model(name), 3), f"{name} (random init)")
                       for name in names], ignore_index=True)

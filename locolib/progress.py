@@ -22,7 +22,7 @@ __all__ = ["progress_bar", "tqdm"]
 
 
 def progress_bar(total: int, desc: str, enabled: bool = True, **kwargs: Any) -> tqdm:
-    """A tqdm.auto bar of ``total`` steps named ``desc`` (a no-op bar unless ``enabled``)."""
+    """A tqdm.auto bar of ``total`` steps named ``desc`` (a no-op bar unless ``enabled``). (Chapters 04-07)"""
     if not sys.stderr.isatty():
         kwargs.setdefault("position", 0)
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, **kwargs)

@@ -106,7 +106,7 @@ def ring_weights(gamma: float, eta: float, k: int = 3, extension: str = "geometr
       ``exp(-d2 ln eta)``). It reproduces Eq. 6.1 exactly for k = 3, is uniform for eta = 1, and
       keeps the ordering of rings that (1, eta) sets (increasing for eta > 1, decreasing for
       eta < 1). The centre stays at gamma: the paper treats the centre separately.
-    * ``"constant"``: every ring beyond sqrt2 gets eta (a flat rim).
+    * ``"constant"``: every ring beyond sqrt2 gets eta (a flat rim). (Chapters 04-07)
     """
     check_k(k)
     gamma = _positive("gamma", gamma)
@@ -141,7 +141,7 @@ def loco_mask(
     all ones = uniform L2 with the same lam.)
 
     ``rings``: one positive weight per ring (see :func:`ring_distances`), overriding gamma and eta.
-    Without it, k > 3 uses :func:`ring_weights` with ``extension``.
+    Without it, k > 3 uses :func:`ring_weights` with ``extension``. (Chapters 04-07)
     """
     check_k(k)
     if rings is None:
@@ -170,7 +170,7 @@ PERMUTATION_3X3: tuple[int, ...] = (4, 0, 1, 2, 3, 6, 5, 8, 7)
 
 
 def permuted_mask(mask: torch.Tensor) -> torch.Tensor:
-    """A 3 x 3 ``mask`` with its taps in the order :data:`PERMUTATION_3X3`."""
+    """A 3 x 3 ``mask`` with its taps in the order :data:`PERMUTATION_3X3`. (Chapters 04-07)"""
     if tuple(mask.shape) != (3, 3):
         raise ValueError(f"the permuted mask is defined for 3x3 kernels, got shape {tuple(mask.shape)}")
     return mask.reshape(-1)[list(PERMUTATION_3X3)].reshape(3, 3)
@@ -234,7 +234,7 @@ def loco_penalty(
     gamma, eta: floats, or one value per spatial convolution in ``model.modules()`` order
     (Table 6's per-layer parameters). ``k_rings`` maps a kernel size to explicit ring weights.
     1x1 convolutions and dense layers are *not* in this sum (see :class:`LocoDecay`, which adds
-    uniform L2 for them). Gradient: ``2 * lam * mask * w`` (TensorFlow convention, see module doc).
+    uniform L2 for them). Gradient: ``2 * lam * mask * w`` (TensorFlow convention, see module doc). (Chapters 05, 06)
     """
     convs = spatial_convs(model)
     if not convs:
@@ -270,7 +270,7 @@ class LocoDecay:
     dtype, device and memory format (channels_last included), so :meth:`apply_` is one fused
     ``_foreach_addcmul_`` over the spatial kernels plus one ``_foreach_add_`` over the uniform
     weights. When every mask is uniform the spatial kernels take the scalar path too. The
-    coefficient tensors are rebuilt if a parameter moves to another device/dtype/layout.
+    coefficient tensors are rebuilt if a parameter moves to another device/dtype/layout. (Chapters 04-07)
     """
 
     def __init__(
@@ -381,7 +381,7 @@ def region_mean(kernels: torch.Tensor, spec: IndexSpec, absolute: bool = True) -
     """m(w, I) of Table 6 for every k x k matrix in ``kernels`` (shape (..., k, k)) -> (...).
 
     ``absolute=True`` averages |w| (weight magnitudes); ``False`` averages the signed weights as
-    the formula is printed (see :func:`layer_ratios` for why magnitudes are the default).
+    the formula is printed (see :func:`layer_ratios` for why magnitudes are the default). (Chapters 05-07)
     """
     k = kernels.shape[-1]
     if kernels.ndim < 2 or kernels.shape[-2] != k:
@@ -459,7 +459,7 @@ def layer_ratios(source, I: IndexSpec, I2: IndexSpec, absolute: bool = True) -> 
 
     With the printed (signed) m, the sums over a layer's matrices nearly cancel (weights of
     either sign are equally common), so the ratio is ill-conditioned and can be negative; the
-    locality argument of Sections 5-7 is about weight *magnitudes*, hence ``absolute=True``.
+    locality argument of Sections 5-7 is about weight *magnitudes*, hence ``absolute=True``. (Chapters 05-07)
     """
     models = _layer_sums(source)
     out = []
@@ -475,7 +475,7 @@ def layer_ratios(source, I: IndexSpec, I2: IndexSpec, absolute: bool = True) -> 
 
 
 def modulate(r: float, c: float = 1.5) -> float:
-    """a(r, c) = 1 + c (r - 1) of Table 6: stretch the deviation of r from 1 by c."""
+    """a(r, c) = 1 + c (r - 1) of Table 6: stretch the deviation of r from 1 by c. (Chapters 05-07)"""
     return 1.0 + c * (float(r) - 1.0)
 
 
@@ -505,7 +505,7 @@ def table6_parameters(
     ``decimals``: round the parameters, so that the LOCO-REG runs they define get the same run
     keys when records are recomputed with float noise (e.g. on another machine).
 
-    Raises ValueError when a(r, c) <= 0 (r < 1 - 1/c): the mask would not be positive.
+    Raises ValueError when a(r, c) <= 0 (r < 1 - 1/c): the mask would not be positive. (Chapters 05-07)
     """
     if eta_rule not in ("printed", "consistent"):
         raise ValueError(f"eta_rule must be 'printed' or 'consistent', got {eta_rule!r}")
@@ -527,7 +527,7 @@ def table6_parameters(
 def per_model_ratios(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Each record's own Table 6 ratios (chapter 06, Figure 1): one row per (record, reading,
     ratio, layer) with dataset, network, seed, reading ("signed"/"absolute"), ratio ("r_n_c" or
-    "r_n_co"), layer (1-based) and r; the paper's r is their mean over records."""
+    "r_n_co"), layer (1-based) and r; the paper's r is their mean over records. (Chapter 06)"""
     rows = []
     for rec in records:
         cfg = rec["config"]
@@ -546,7 +546,7 @@ def table6_frame(records: Sequence[Mapping[str, Any]], cs: Sequence[float] = (0.
     magnitudes), from records: r(I_n, I_c), r(I_n, I_co), gamma = a(r(I_n, I_c), c),
     a_co = a(r(I_n, I_co), c), the printed eta = 1 / a_co and the consistent eta = a_co, and
     ``valid`` (both a > 0, i.e. a usable positive mask). Invalid rows keep the numbers (eta
-    printed is NaN if a_co = 0)."""
+    printed is NaN if a_co = 0). (Chapter 06)"""
     layers = records[0]["weight_stats"] if records else []
     rows = []
     for absolute in readings:
@@ -571,7 +571,7 @@ def table6_loco_params(records: Iterable[Mapping[str, Any]], c: float = 1.5,
     records among ``records`` (each (dataset, network) cell averaged over its runs, as the
     paper's "means per layer l for each architecture and dataset across all trained models"),
     rounded to ``decimals`` (:func:`table6_parameters`), ready for LOCO-REG runs' ``gamma`` and
-    ``eta`` (:meth:`locolib.plans.Study.layerwise_arms`)."""
+    ``eta`` (:meth:`locolib.plans.Study.layerwise_arms`). (Chapters 05-07)"""
     cells: dict[str, list] = {}
     for rec in records:
         cfg = rec["config"]
@@ -591,7 +591,7 @@ def table6_loco_params(records: Iterable[Mapping[str, Any]], c: float = 1.5,
 # --------------------------------------------------------------------------------------------
 class Regularizer(Protocol):
     """What training needs of a regularizer: add its gradient in place after ``backward()``
-    (:meth:`apply_`) and report its loss term (:meth:`penalty`, for the records)."""
+    (:meth:`apply_`) and report its loss term (:meth:`penalty`, for the records). (Chapters 04-07)"""
 
     def apply_(self) -> None: ...
 
@@ -601,7 +601,7 @@ class Regularizer(Protocol):
 @dataclass(frozen=True)
 class RegularizerSpec:
     """A registered regularizer: ``build(model, config)`` (config: a
-    :class:`locolib.config.RunConfig`) returns a :class:`Regularizer` for ``model``."""
+    :class:`locolib.config.RunConfig`) returns a :class:`Regularizer` for ``model``. (Chapters 04-07)"""
 
     build: Callable[[nn.Module, Any], Regularizer]
     description: str
@@ -634,7 +634,7 @@ REGULARIZER_REGISTRY: dict[str, RegularizerSpec] = {
 
 
 def build_regularizer(model: nn.Module, config: Any) -> Regularizer:
-    """The regularizer that ``config.regularizer`` names, for ``model``."""
+    """The regularizer that ``config.regularizer`` names, for ``model``. (Chapters 04-07)"""
     return REGULARIZER_REGISTRY[config.regularizer].build(model, config)
 
 
@@ -648,7 +648,7 @@ def realized_factor(config: Any, weight_stats: Sequence[Mapping[str, Any]],
     (``weighting="sq"``: the spatial penalty over ``lam * sum(w**2)``, the decay realized
     relative to L2 at the same lam) or of ``|w|`` (``"abs"``). Every mask has mean 1, so the
     factor is 1 for L2 and for weights spread evenly over the taps; below 1 where the weights sit
-    on lightly penalized taps.
+    on lightly penalized taps. (Chapters 05, 06)
     """
     key = {"sq": "tap_sq_sum", "abs": "tap_abs_sum"}.get(weighting)
     if key is None:
@@ -680,7 +680,7 @@ def l2_equivalence(lam: float = 5e-4, steps: int = 5, seed: int = 0,
 
     Returns the largest absolute weight difference of LocoDecay from each of the two, and the
     largest weight change over the steps (for scale): the first is float rounding, the second is
-    not.
+    not. (Chapter 05)
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 1, 8, 8, generator=g)

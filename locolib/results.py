@@ -82,7 +82,7 @@ def default_results_dir(start: str | Path | None = None) -> Path:
     ``$LOCOLIB_RESULTS`` if set; else ``<repo>/results`` where ``<repo>`` is the first folder at or
     above ``start`` (default: the working directory) holding both ``_config.yml`` and
     ``locolib/`` (so notebooks, which run in ``notebooks/``, find the repository's folder); else
-    ``./results``.
+    ``./results``. (Chapters 04-07)
     """
     env = os.environ.get(RESULTS_ENV)
     if env:
@@ -92,7 +92,7 @@ def default_results_dir(start: str | Path | None = None) -> Path:
 
 def repository_root(start: str | Path | None = None) -> Path:
     """The first folder at or above ``start`` (default: the working directory) holding both
-    ``_config.yml`` and ``locolib/``; else ``start`` itself."""
+    ``_config.yml`` and ``locolib/``; else ``start`` itself. (Chapters 04-07)"""
     here = Path(start or os.getcwd()).resolve()
     return next((d for d in (here, *here.parents)
                  if (d / "_config.yml").is_file() and (d / "locolib").is_dir()), here)
@@ -102,11 +102,11 @@ def repository_root(start: str | Path | None = None) -> Path:
 # Reading one record; files that are not records
 # --------------------------------------------------------------------------------------------
 class RunFileWarning(UserWarning):
-    """A file of a run (record, checkpoint, lock) was not usable: it is named, never used."""
+    """A file of a run (record, checkpoint, lock) was not usable: it is named, never used. (Chapters 04-07)"""
 
 
 class InvalidRecord(ValueError):
-    """``path`` holds something other than a finished record of this code; ``reason`` says what."""
+    """``path`` holds something other than a finished record of this code; ``reason`` says what. (Chapters 04-07)"""
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -118,7 +118,7 @@ def read_record(path: str | Path, key: str | None = None) -> dict[str, Any]:
 
     Raises FileNotFoundError when there is no file, :class:`InvalidRecord` when the file is
     damaged (not JSON, e.g. truncated), of another format or :data:`locolib.config.TRAINING_VERSION`,
-    of another run than its name (or ``key``) says, or incomplete.
+    of another run than its name (or ``key``) says, or incomplete. (Chapters 04-07)
     """
     path = Path(path)
     try:
@@ -167,7 +167,7 @@ _FINAL_RANGES = {"test_error": 1.0, "test_acc": 1.0, "train_acc": 1.0, "test_los
 
 def set_aside(path: str | Path, reason: str) -> Path | None:
     """Rename the unusable file ``path`` to ``<name>.invalid-<UTC time>`` (kept for its owner to
-    inspect, never deleted) and warn, naming both. None if another process moved it first."""
+    inspect, never deleted) and warn, naming both. None if another process moved it first. (Chapters 04-07)"""
     path = Path(path)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     new = path.with_name(f"{path.name}.invalid-{stamp}-{uuid.uuid4().hex[:4]}")
@@ -184,7 +184,7 @@ def finished_record(path: str | Path, key: str, on_invalid: str = "warn") -> dic
 
     A file there that is not a valid record (:func:`read_record`) means "not finished"; with
     ``on_invalid="warn"`` a warning names it, ``"set_aside"`` also moves it aside
-    (:func:`set_aside`, for a caller about to train the run again), ``"skip"`` says nothing.
+    (:func:`set_aside`, for a caller about to train the run again), ``"skip"`` says nothing. (Chapters 04-07)
     """
     try:
         return read_record(path, key)
@@ -200,14 +200,14 @@ def finished_record(path: str | Path, key: str, on_invalid: str = "warn") -> dic
 
 
 def result_path(config: RunConfig, results_dir: str | Path | None = None) -> Path:
-    """Where the record of ``config`` lives: ``<results_dir>/<key>.json``."""
+    """Where the record of ``config`` lives: ``<results_dir>/<key>.json``. (Chapters 04-07)"""
     return Path(results_dir or default_results_dir()) / f"{config.key}.json"
 
 
 def finished_records(configs: Iterable[RunConfig],
                      results_dir: str | Path | None = None) -> list[dict]:
     """The stored records of those ``configs`` that are finished, in order; trains nothing
-    (files that are not valid records are named in a warning: :func:`read_record`)."""
+    (files that are not valid records are named in a warning: :func:`read_record`). (Chapters 05-07)"""
 
     records = (finished_record(result_path(c, results_dir), c.key) for c in configs)
     return [r for r in records if r is not None]
@@ -217,7 +217,7 @@ def finished_records(configs: Iterable[RunConfig],
 # Claiming a run
 # --------------------------------------------------------------------------------------------
 class RunLocked(RuntimeError):
-    """Another live process holds the run's lock (or took it over while we were running)."""
+    """Another live process holds the run's lock (or took it over while we were running). (Chapters 04-07)"""
 
 
 class RunLock:
@@ -241,7 +241,7 @@ class RunLock:
     judge the same lock stale in the same instant could both end up running; the owner therefore
     checks at every heartbeat that the file still carries its token and stops with
     :class:`RunLocked` if not. Even then nothing is corrupted: runs are deterministic and every
-    write is atomic, so both would write the same checkpoint.
+    write is atomic, so both would write the same checkpoint. (Chapters 04-07)
     """
 
     def __init__(self, path: str | Path, stale_after: float = 900.0, heartbeat_s: float = 60.0,
@@ -381,7 +381,7 @@ def _now() -> str:
 # --------------------------------------------------------------------------------------------
 def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
     """``{"commit": sha, "dirty": bool}`` of the git checkout holding ``path`` (default: the
-    locolib sources), or None when that is not a git checkout or git is missing."""
+    locolib sources), or None when that is not a git checkout or git is missing. (Chapters 04-07)"""
     path = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True,
@@ -414,7 +414,7 @@ def _device_name(device: Any) -> str:
 
 
 def provenance(device: Any) -> dict[str, Any]:
-    """Library versions, device, host facts and git commit, for a result record."""
+    """Library versions, device, host facts and git commit, for a result record. (Chapters 04-07)"""
 
 
     versions = {"python": platform.python_version(), "torch": torch.__version__,
@@ -447,7 +447,7 @@ def iter_records(results_dir: str | Path | None = None) -> Iterator[tuple[Path, 
     """(path, record) of every valid record directly in ``results_dir`` (sorted by name).
 
     Other JSON files there (damaged, foreign or old records, anything else) are skipped, and
-    named in one warning once the folder has been read.
+    named in one warning once the folder has been read. (Chapters 05-07)
     """
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     skipped: dict[str, list[str]] = {}
@@ -516,7 +516,7 @@ def record_row(rec: dict, path: Path | None = None) -> dict[str, Any]:
 
 def results_frame(records: Iterable[dict], **filters: Any):
     """Result records (as returned by :func:`locolib.sweep.run_sweep`) as a DataFrame with the
-    columns of :func:`load_results`, filtered the same way."""
+    columns of :func:`load_results`, filtered the same way. (Chapter 07)"""
     return _frame([record_row(r) for r in records], filters)
 
 
@@ -531,7 +531,7 @@ def load_results(results_dir: str | Path | None = None, **filters: Any):
     ``total_s``, ``images_per_s``, ``device``, ``git_commit``, ``torch``, ``date``, ``path``.
 
     ``filters``: ``column=value`` or ``column=[values]``, e.g.
-    ``load_results(dataset="cifar10", epochs=250, regularizer=["l2", "loco"])``.
+    ``load_results(dataset="cifar10", epochs=250, regularizer=["l2", "loco"])``. (Chapters 05-07)
     """
     return _frame([record_row(rec, path) for path, rec in iter_records(results_dir)], filters)
 

@@ -128,6 +128,7 @@ def plan(
     (e.g. Table 6's per-layer values), keys ``(dataset, network)`` or ``"dataset/network"``,
     values ``{"gamma": g, "eta": e}`` or ``(g, e)``; it overrides ``gamma``/``eta``.
     Duplicates are dropped. More than :data:`MAX_RUNS` runs are refused (ValueError).
+    (Chapters 05-07: the locolib-sweep command, the running page)
     """
     datasets = _check("dataset", datasets, _names("dataset"))
     networks = _check("network", networks, _names("network"))
@@ -162,7 +163,7 @@ def shard(configs: Sequence[RunConfig], index: int, count: int) -> list[RunConfi
     Round robin over the plan's order: the parts are disjoint, together cover the plan, differ
     in size by at most one, and each gets a mix of all cells. Stable for a given plan; if the
     plan changes, runs may move between parts, which is harmless (finished runs are skipped,
-    runs in progress are locked).
+    runs in progress are locked). (Chapters 05-07: the locolib-sweep command, the running page)
     """
     if isinstance(index, bool) or isinstance(count, bool) or count < 1 or not 1 <= index <= count:
         raise ValueError(f"shard {index}/{count}: need 1 <= i <= n (shards are numbered from 1)")
@@ -170,7 +171,9 @@ def shard(configs: Sequence[RunConfig], index: int, count: int) -> list[RunConfi
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n), 1-based; ValueError for anything else."""
+    """``"i/n"`` -> (i, n), 1-based; ValueError for anything else.
+    (Chapters 05-07: the locolib-sweep command, the running page)
+    """
     try:
         i, n = (int(p) for p in text.strip().split("/"))
     except ValueError:
@@ -181,7 +184,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def parse_seeds(text: str) -> list[int]:
     """``"0-19"``, ``"3"``, ``"0,2,5-7"`` -> sorted unique seeds; ValueError otherwise (also for
-    more than :data:`MAX_RUNS` seeds)."""
+    more than :data:`MAX_RUNS` seeds). (Chapters 05-07: the locolib-sweep command, the running page)"""
     seeds: set[int] = set()
     for part in text.replace(" ", "").split(","):
         if not part:
@@ -202,14 +205,18 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def sweep_status(configs: Sequence[RunConfig], results_dir=None, checkpoint_dir=None) -> list[str]:
-    """:func:`locolib.train.run_status` of every run: done / running / partial (k/E) / todo."""
+    """:func:`locolib.train.run_status` of every run: done / running / partial (k/E) / todo.
+    (Chapters 05-07: the locolib-sweep command, the running page)
+    """
     return [run_status(c, results_dir, checkpoint_dir) for c in configs]
 
 
 def print_status(configs: Sequence[RunConfig], results_dir=None,
                  checkpoint_dir=None) -> dict[str, int]:
     """Print every run's status and key, then a summary line; return the count of each status.
-    Reads only: files that are not records are named in warnings, never moved."""
+    Reads only: files that are not records are named in warnings, never moved.
+    (Chapters 05-07: the locolib-sweep command, the running page)
+    """
     status = sweep_status(configs, results_dir, checkpoint_dir)
     counts = dict.fromkeys(("done", "running", "partial", "todo"), 0)
     for cfg, st in zip(configs, status):
@@ -246,7 +253,7 @@ def run_sweep(
     sweep's runs and one per run trained (:func:`locolib.train.train`), in every front end
     (:mod:`locolib.progress`). ``log``: called with one line per run (None: silent). A
     KeyboardInterrupt stops the sweep; the interrupted run resumes from its last checkpoint
-    next time.
+    next time. (Chapters 05-07)
     """
 
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
@@ -364,6 +371,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``locolib-sweep``, one per field of :class:`RunConfig`.
+    (Chapters 05-07: the locolib-sweep command, the running page)"""
     p = argparse.ArgumentParser(
         prog="locolib-sweep",
         description="Train (or list) a sweep of standard-L2 / LOCO-REG runs; finished runs are "
@@ -435,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_folder(path: Path, create: bool) -> None:
     """Raise OSError with a one-line message unless ``path`` is (or, with ``create``, can be
-    made) a folder this process can write new files into."""
+    made) a folder this process can write new files into.
+    (Chapters 05-07: the locolib-sweep command, the running page)"""
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a folder")
     if not create:
@@ -454,6 +464,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``locolib-sweep`` command; its exit status. (Chapters 05-07: the running page)"""
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one line each, without source locations
         return _main(argv)

@@ -26,7 +26,9 @@ __all__ = ["seconds", "interleaved", "median_ci", "Ratio", "ratio"]
 
 def seconds(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds that ``fn()`` takes on ``device``: between two CUDA events on a GPU (the device's
-    own clock; the host only waits once, at the end), else the host clock around it."""
+    own clock; the host only waits once, at the end), else the host clock around it.
+    (Chapters 05-07: the benchmarks of their training code)
+    """
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -47,7 +49,9 @@ def interleaved(cases: Mapping[str, Callable[[], object]], device: torch.device,
                 ) -> dict[str, list[float]]:
     """Seconds of each case per round, after ``warmup`` untimed rounds: ``rounds`` rounds, then
     more while ``enough(times)`` is False, up to ``max_rounds`` (default ``10 * rounds``) or
-    until ``max_s`` seconds have passed since the first timed round."""
+    until ``max_s`` seconds have passed since the first timed round.
+    (Chapters 05-07: the benchmarks of their training code)
+    """
     names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in names}
     max_rounds = max_rounds or 10 * rounds
@@ -72,7 +76,9 @@ def interleaved(cases: Mapping[str, Callable[[], object]], device: torch.device,
 def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Median of ``values`` and a confidence interval for it from order statistics (no
     assumption on the distribution): ``[x_(k), x_(n+1-k)]`` with ``k`` the largest rank whose
-    binomial(n, 1/2) tail is at most ``(1 - level) / 2``; the extremes for n < 6."""
+    binomial(n, 1/2) tail is at most ``(1 - level) / 2``; the extremes for n < 6.
+    (Chapters 05-07: the benchmarks of their training code)
+    """
     x = sorted(values)
     n = len(x)
     if n == 0:
@@ -84,7 +90,9 @@ def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, floa
 
 @dataclass(frozen=True)
 class Ratio:
-    """Per-round ratio of two cases: median, confidence interval of the median, rounds."""
+    """Per-round ratio of two cases: median, confidence interval of the median, rounds.
+    (Chapters 05-07: the benchmarks of their training code)
+    """
 
     median: float
     low: float
@@ -101,6 +109,8 @@ class Ratio:
 
 
 def ratio(times: Mapping[str, Sequence[float]], num: str, den: str) -> Ratio:
-    """The per-round ratio ``times[num] / times[den]`` (:func:`median_ci`)."""
+    """The per-round ratio ``times[num] / times[den]`` (:func:`median_ci`).
+    (Chapters 05-07: the benchmarks of their training code)
+    """
     r = [a / b for a, b in zip(times[num], times[den])]
     return Ratio(*median_ci(r), len(r))

@@ -68,7 +68,7 @@ _LICENCE_FILE = "licence.json"
 
 @dataclass(frozen=True)
 class Network:
-    """One ONNX network inside a pinned wheel, with what its package documents about it."""
+    """One ONNX network inside a pinned wheel, with what its package documents about it. (Chapter 07)"""
 
     name: str
     package: str
@@ -129,7 +129,7 @@ PINNED: dict[str, Network] = {n.name: n for n in (
 def cache_dir(start: str | Path | None = None) -> Path:
     """Where the model files are kept: ``$LOCOLIB_MODELS`` if set; else ``<repo>/data/onnx``,
     ``<repo>`` the first folder at or above ``start`` (default: the working directory) holding
-    ``_config.yml`` and ``locolib/`` (notebooks run in ``notebooks/``); else ``./data/onnx``."""
+    ``_config.yml`` and ``locolib/`` (notebooks run in ``notebooks/``); else ``./data/onnx``. (Chapter 07)"""
     env = os.environ.get(MODELS_ENV)
     return Path(env).expanduser() if env else repository_root(start) / "data" / "onnx"
 
@@ -145,14 +145,14 @@ def _package_dir(net: Network, cache: Path) -> Path:
 
 
 def model_path(name: str, cache: str | Path | None = None) -> Path:
-    """Where :func:`fetch` keeps the ONNX file of network ``name``."""
+    """Where :func:`fetch` keeps the ONNX file of network ``name``. (Chapter 07)"""
     net = _network(name)
     return _package_dir(net, Path(cache) if cache is not None else cache_dir()) / Path(net.member).name
 
 
 def wheel_licence(wheel: str | Path) -> dict[str, object]:
     """The licence a wheel states: METADATA's ``License`` field and licence classifiers, and the
-    first line of every licence file in its ``.dist-info`` folder."""
+    first line of every licence file in its ``.dist-info`` folder. (Chapter 07)"""
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
@@ -221,7 +221,7 @@ def fetch(names: Iterable[str] | None = None, cache: str | Path | None = None,
     downloaded (one ``pip download --no-deps`` per package) unless ``download=False``; without
     them and without PyPI this raises FileNotFoundError or RuntimeError, naming the folder where
     the files would have to be. A cached file whose SHA-256 is not the pin is named with both
-    hashes: a ValueError with ``download=False``, else a warning, and it is downloaded again.
+    hashes: a ValueError with ``download=False``, else a warning, and it is downloaded again. (Chapter 07)
     """
     names = list(PINNED) if names is None else list(names)
     cache = Path(cache) if cache is not None else cache_dir()
@@ -254,7 +254,7 @@ def fetch(names: Iterable[str] | None = None, cache: str | Path | None = None,
 
 
 def licences(names: Iterable[str], cache: str | Path | None = None) -> dict[str, dict]:
-    """name -> what the fetched wheel states about its licence (see :func:`wheel_licence`)."""
+    """name -> what the fetched wheel states about its licence (see :func:`wheel_licence`). (Chapter 07)"""
     cache = Path(cache) if cache is not None else cache_dir()
     return {name: json.loads((_package_dir(_network(name), cache) / _LICENCE_FILE).read_text())
             for name in names}
@@ -262,7 +262,7 @@ def licences(names: Iterable[str], cache: str | Path | None = None) -> dict[str,
 
 def networks_frame(names: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per network: name, package (pinned), task, architecture, training data and
-    licence as the package documents them, and the file's SHA-256."""
+    licence as the package documents them, and the file's SHA-256. (Chapter 07)"""
     rows = []
     for name in (list(PINNED) if names is None else names):
         net = asdict(_network(name))
@@ -276,7 +276,7 @@ def networks_frame(names: Iterable[str] | None = None) -> pd.DataFrame:
 def licence_problems(names: Iterable[str], cache: str | Path | None = None) -> list[str]:
     """Chapter 07's check that each fetched wheel states the licence :data:`PINNED` records:
     its METADATA ``License`` field and the first line of its licence files; one line per
-    disagreement, empty if none."""
+    disagreement, empty if none. (Chapter 07)"""
     out = []
     for name, stated in licences(names, cache).items():
         net = _network(name)
@@ -300,7 +300,7 @@ def toy_network(path: str | Path | None = None, seed: int = 0) -> Path:
     Three dense 3 x 3 layers (centre-heavy magnitudes, random signs), a 1 x 1 layer, three
     depth-wise 3 x 3 and two depth-wise 5 x 5 layers (weights decaying with the distance from
     the centre), and a 1 x 3 layer; half the weights are initializers, half Constant nodes, as
-    in the networks of :data:`PINNED`. The chapter's smoke profile uses it in their place.
+    in the networks of :data:`PINNED`. The chapter's smoke profile uses it in their place. (Chapter 07)
     """
     import onnx  # noqa: PLC0415 -- optional dependency (locolib[book])
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415 -- optional dependency (locolib[book])
@@ -345,13 +345,13 @@ def toy_network(path: str | Path | None = None, seed: int = 0) -> Path:
 # Table 4 of networks trained elsewhere
 # --------------------------------------------------------------------------------------------
 def load(paths: Mapping[str, str | Path]) -> dict[str, list[ConvKernel]]:
-    """name -> the spatial kernels of that network's ONNX file (:func:`locolib.kernels.from_onnx`)."""
+    """name -> the spatial kernels of that network's ONNX file (:func:`locolib.kernels.from_onnx`). (Chapter 07)"""
     return {name: from_onnx(path) for name, path in paths.items()}
 
 
 def layer_summary(networks: Mapping[str, Sequence[ConvKernel]]) -> pd.DataFrame:
     """Per network and kernel shape and kind: the number of layers and of matrices. 1 x k and
-    k x 1 kernels (not k x k matrices: Eq. 7.1 has no rings for them) are listed apart."""
+    k x 1 kernels (not k x k matrices: Eq. 7.1 has no rings for them) are listed apart. (Chapter 07)"""
     rows = []
     for name, layers in networks.items():
         for layer in layers:
@@ -370,7 +370,7 @@ def table4_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], permutations:
     :func:`locolib.locality.table4_row` on those layers with every pair of consecutive rings
     of a k x k kernel (for 3 x 3 the paper's m(c,n) and m(n,co); for 5 x 5 also the outer
     rings). Groups with fewer than ``min_layers`` layers (e.g. a single stem convolution) have no
-    halves and are left out. Extra columns: network, k, kind, layers ("3x3 depthwise").
+    halves and are left out. Extra columns: network, k, kind, layers ("3x3 depthwise"). (Chapter 07)
     """
     frames = []
     for name, layers in networks.items():
@@ -405,7 +405,7 @@ def _groups(networks: Mapping[str, Sequence[ConvKernel]], k: int, min_layers: in
 def ratios_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], k: int = 3,
                      min_layers: int = 2) -> pd.DataFrame:
     """Chapter 07: :func:`locolib.locality.magnitude_ratios` of every k x k layer of each
-    network, with columns network and kind (dense, depthwise)."""
+    network, with columns network and kind (dense, depthwise). (Chapter 07)"""
     frames = [magnitude_ratios(group).assign(network=name, kind=kind)
               for name, kind, group in _groups(networks, k, min_layers)]
     if not frames:
@@ -416,7 +416,7 @@ def ratios_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], k: int = 3,
 def layer_tests_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], k: int = 3,
                           permutations: int = 1000, seed: int = 0, min_layers: int = 2) -> pd.DataFrame:
     """Chapter 07: :func:`locolib.locality.layer_tests` (magnitudes) of every k x k layer of each
-    network, with columns network and kind."""
+    network, with columns network and kind. (Chapter 07)"""
     frames = [layer_tests(group, True, permutations, seed).assign(network=name, kind=kind)
               for name, kind, group in _groups(networks, k, min_layers)]
     if not frames:
@@ -427,7 +427,7 @@ def layer_tests_elsewhere(networks: Mapping[str, Sequence[ConvKernel]], k: int =
 def locality_summary(tidy: pd.DataFrame, alpha: float = 0.001) -> pd.DataFrame:
     """Chapter 07: :func:`table4_elsewhere` in one row per network, layer group and reading
     (signed, |w|): the all-layer m(c,n) and m(n,co), the smaller m and the larger |m| of the two,
-    and ``local``: both m > 0 with p < ``alpha`` by the t-test and by the permutation test."""
+    and ``local``: both m > 0 with p < ``alpha`` by the t-test and by the permutation test. (Chapter 07)"""
     names = [f"m({a},{b})" for a, b in TABLE4_PAIRS]
     cells = tidy[(tidy.part == "all") & tidy.pair.isin(names)]
     rows = []

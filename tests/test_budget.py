@@ -13,8 +13,7 @@ from locolib.plans import STUDIES, study
 from locolib.stats import minimum_detectable_effect
 
 
-@pytest.mark.parametrize("profile", ["colab", "gpu", "gpu_cifar100", "gpu_fashion_mnist",
-                                     "paper_cifar10", "paper_cifar100", "paper_fashion_mnist"])
+@pytest.mark.parametrize("profile", list(budget.PROFILE_DEVICE))
 def test_gpu_profiles_train_the_papers_cells_with_table6_for_every_network(profile):
     s = study(profile)
     assert s.dataset in ("cifar10", "cifar100", "fashion_mnist")

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from locolib.book import toc_notebooks
-from locolib.notebook import colab_cell_source, is_colab_cell, read_parameters
+from locolib.notebook import REQUIRED_PROFILES, colab_cell_source, is_colab_cell, read_parameters
 from locolib.plans import STUDIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_notebook_is_publishable(path: Path):
     # A chapter's profiles are written out in its parameters or, for the training chapters, are
     # the studies of locolib.plans.
     profiles = values.get("profiles", STUDIES)
-    assert {"smoke", "default"} <= set(profiles), "profiles needs 'smoke' and 'default'"
+    assert set(REQUIRED_PROFILES) <= set(profiles), f"profiles needs {REQUIRED_PROFILES}"
 
 
 @pytest.mark.slow

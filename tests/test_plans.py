@@ -8,6 +8,7 @@ import pytest
 
 from locolib import plans, stats
 from locolib.config import RunConfig
+from locolib.notebook import REQUIRED_PROFILES
 from locolib.train import dose_matched_lam, paper_dose, regularization_dose
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,7 +25,7 @@ def test_the_paper_protocol_has_a_dose_of_38_5():
         regularization_dose(short, 500))
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default"])
+@pytest.mark.parametrize("profile", REQUIRED_PROFILES)
 def test_every_arm_is_paired_with_an_existing_reference(profile):
     s = plans.study(profile)
     names = {a.name for a in s.arms}
