@@ -89,7 +89,8 @@ PAPER_C = 1.5
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: ``network`` trained with ``regularizer`` and ``fields`` over ``seeds``."""
+    """One arm: ``network`` trained with ``regularizer`` and ``fields`` over ``seeds``.
+    (Chapters 04-07.)"""
 
     name: str
     network: str
@@ -234,14 +235,15 @@ def _parameter_arm(net: str, extra: Mapping[str, Any], runs: int) -> Arm:
 
 
 def paper_difference(dataset: str, network: str) -> float:
-    """The paper's Table 5 gain of LOCO-REG over standard L2 (pp of test error)."""
+    """The paper's Table 5 gain of LOCO-REG over standard L2 (pp of test error).
+    (Chapter 05; Table 5.)"""
     l2, loco, _ = PAPER_TABLE5[(dataset, network)]
     return round(l2 - loco, 4)
 
 
 def paper_table5() -> pd.DataFrame:
     """:data:`PAPER_TABLE5` as a DataFrame (dataset, network, paper_l2, paper_loco, paper_stars)
-    with the absolute and relative differences of LOCO-REG from L2."""
+    with the absolute and relative differences of LOCO-REG from L2. (Chapter 05; Table 5.)"""
     df = pd.DataFrame([(d, n, *v) for (d, n), v in PAPER_TABLE5.items()],
                       columns=["dataset", "network", "paper_l2", "paper_loco", "paper_stars"])
     df["paper_difference"] = df.paper_loco - df.paper_l2
@@ -255,7 +257,7 @@ def paper_paired_sd(dataset: str, network: str) -> float:
     A one-sided two-sample t test over 20 + 20 runs reached the level of the cell's stars, so
     t = d / (s sqrt(2/20)) >= t_{1 - level, 38}: one run's spread is s <= d / (t sqrt(2/20)).
     Runs that share a seed are taken as uncorrelated after 250 epochs (conservative), so the
-    paired difference spreads sqrt(2) s."""
+    paired difference spreads sqrt(2) s. (Chapter 05; Table 5.)"""
     _, _, stars = PAPER_TABLE5[(dataset, network)]
     t = float(st.t.ppf(1 - _STAR_LEVELS[stars], 2 * PAPER_RUNS - 2))
     return math.sqrt(2) * paper_difference(dataset, network) / (t * math.sqrt(2 / PAPER_RUNS))
@@ -264,7 +266,8 @@ def paper_paired_sd(dataset: str, network: str) -> float:
 def pairs_to_detect(effect: float, sd_diff: float, alpha: float = 0.05, power: float = 0.8,
                     most: int = 1000) -> int:
     """The fewest pairs whose paired t test detects a true difference ``effect`` with ``power``
-    at two-sided level ``alpha`` (:func:`locolib.stats.minimum_detectable_effect`)."""
+    at two-sided level ``alpha`` (:func:`locolib.stats.minimum_detectable_effect`).
+    (Chapter 05; the study's design.)"""
     for n in range(2, most + 1):
         if minimum_detectable_effect(sd_diff, n, alpha, power) <= effect:
             return n
@@ -425,7 +428,7 @@ STUDIES["feature_maps"] = _feature_map_study("feature_maps", 2, width=0.125, epo
 
 
 def study(profile: str) -> Study:
-    """The study of ``profile`` (a key of :data:`STUDIES`)."""
+    """The study of ``profile`` (a key of :data:`STUDIES`). (Chapters 04-07.)"""
     if profile not in STUDIES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {list(STUDIES)}")
     return STUDIES[profile]
@@ -438,7 +441,8 @@ def run_study(profile: str, results_dir: str | Path | None = None,
     first: its LOCO-REG arms depend on them) and return all arms, Table 6's included.
     ``train_runs``: trains a list of runs and returns their records (default: this process,
     :func:`locolib.sweep.run_sweep`, waiting for runs other processes hold; ``--dask``:
-    :func:`locolib.cluster.run_on_dask`). ``sweep``: keyword arguments of ``run_sweep``."""
+    :func:`locolib.cluster.run_on_dask`). ``sweep``: keyword arguments of ``run_sweep``.
+    (Chapters 04-07.)"""
     if train_runs is None:
         def train_runs(configs: list[RunConfig]) -> list[dict]:
             return run_sweep(configs, results_dir, wait=True, **sweep)
@@ -463,7 +467,7 @@ def arm_frame(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = No
 
 def arm_history(s: Study, arms: Sequence[Arm], results_dir: str | Path | None = None) -> pd.DataFrame:
     """Learning curves of the finished runs of ``arms``: :func:`locolib.results.history_frame`
-    with an ``arm`` column."""
+    with an ``arm`` column. (Chapter 05; Figure 3.)"""
     frames = [history_frame(finished_records(a.configs(s.dataset, s.protocol), results_dir))
               .assign(arm=a.name) for a in arms]
     return pd.concat(frames, ignore_index=True)
@@ -494,6 +498,8 @@ def _dry_run(profile: str, results: Path | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m locolib.plans PROFILE``: train a study's runs that have no record.
+    (Chapters 05-07.)"""
     p = argparse.ArgumentParser(prog="python -m locolib.plans",
                                 description="Train the book's study of one profile (or of a group "
                                 f"of profiles: {', '.join(GROUPS)}).")
@@ -548,7 +554,7 @@ class Hypothesis:
     """One pre-registered contrast: regularizer ``contrast[0]`` at its best lam against
     ``contrast[1]`` at its best, paired over the shared seeds on test error. ``direction``: the
     expected sign of a - b ("less": a has the lower test error). Holm's adjustment runs within
-    ``family``."""
+    ``family``. (Chapter 05.)"""
 
     name: str
     contrast: tuple[str, str]
@@ -569,6 +575,7 @@ class Preregistration:
     supported where the adjusted p is below ``alpha`` and the difference has the expected sign.
     Runs ending below ``converged_acc`` clean training accuracy are counted per arm and lam
     (:func:`~locolib.stats.convergence`) and reported, not dropped.
+    (Chapter 05.)
     """
 
     study: Study
@@ -597,7 +604,7 @@ class Preregistration:
 class SeededSplitArm(Arm):
     """An arm whose runs draw their data split from their own seed (``data_seed = seed``):
     training images and the validation/test halves change with the seed, and the arms that
-    share a seed share its split, so paired contrasts stay paired."""
+    share a seed share its split, so paired contrasts stay paired. (Chapter 05.)"""
 
     def configs(self, dataset: str, protocol: Mapping[str, Any]) -> list[RunConfig]:
         return [c.replace(data_seed=c.seed) for c in super().configs(dataset, protocol)]

@@ -491,8 +491,8 @@ def _realized(rec: dict, weighting: str) -> float:
 
 
 def record_row(rec: dict, path: Path | None = None) -> dict[str, Any]:
-    """A record as one table row, the one converter every table of runs is built with (chapters
-    05-07): the columns :data:`RECORD_COLUMNS`, described in :func:`load_results`. Errors and
+    """A record as one table row, the one converter every table of runs is built with
+    (Chapters 05-07): the columns :data:`RECORD_COLUMNS`, described in :func:`load_results`. Errors and
     accuracies are fractions."""
     cfg, final = rec["config"], rec.get("final", {})
     row: dict[str, Any] = {"key": rec["key"]}

@@ -35,7 +35,8 @@ def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
                               power: float = 0.8) -> float:
     """The smallest true mean paired difference that a two-sided paired t-test at level
     ``alpha`` detects with probability ``power``, given the standard deviation of the paired
-    differences (normal approximation with the t quantiles of n - 1 degrees of freedom)."""
+    differences (normal approximation with the t quantiles of n - 1 degrees of freedom).
+    (Chapters 05-06.)"""
     if n < 2:
         return math.nan
     df = n - 1
@@ -44,7 +45,8 @@ def minimum_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05,
 
 def welch(arm: Sequence[float], reference: Sequence[float], confidence: float = 0.95) -> dict:
     """Welch's unpaired t-test of ``mean(arm) - mean(reference)``: t, dof, two- and one-sided p
-    (alternative: arm lower) and the ``confidence`` interval of the difference."""
+    (alternative: arm lower) and the ``confidence`` interval of the difference.
+    (Chapter 05; Table 5.)"""
     a, b = np.asarray(arm, float), np.asarray(reference, float)
     if len(a) < 2 or len(b) < 2 or a.var(ddof=1) + b.var(ddof=1) == 0:
         return dict(t=math.nan, dof=math.nan, p_two_sided=math.nan, p_one_sided=math.nan,
@@ -66,6 +68,7 @@ def paired(arm: Sequence[float], reference: Sequence[float], confidence: float =
     (paired t), ``p_wilcoxon``, ``p_welch``, ``mde`` and ``mde_rel`` (at ``alpha``, ``power``),
     and ``equivalence_rel``: the smallest margin m such that TOST at level alpha shows
     |difference| < m * reference mean (the largest end of the 1 - 2 alpha interval).
+    (Chapters 05-06.)
     """
     a, b = np.asarray(arm, float), np.asarray(reference, float)
     if a.shape != b.shape:
@@ -100,6 +103,7 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
     The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j)): a family
     rejected where the adjusted p < alpha has family-wise error rate at most alpha.
+    (Chapters 05-06.)
     """
     p = np.asarray(pvalues, float)
     if p.ndim != 1 or np.any((p < 0) | (p > 1)):
@@ -113,7 +117,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjustment of ``pvalues`` (false discovery rate; NaN stays NaN)."""
+    """Benjamini-Hochberg adjustment of ``pvalues`` (false discovery rate; NaN stays NaN).
+    (Chapters 05-06.)"""
     p = np.asarray(pvalues, float)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
@@ -124,7 +129,8 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
 
 def verdict(row, alpha: float = 0.05) -> str:
     """What a row of :func:`paired_table` supports, in words: the paired t-test, its p adjusted
-    over the table (``p_holm``), decides; the Wilcoxon test is reported beside it."""
+    over the table (``p_holm``), decides; the Wilcoxon test is reported beside it.
+    (Chapters 05-06.)"""
     if not row.n or math.isnan(row.p_holm):
         return "no test"
     if row.p_holm < alpha:
@@ -142,6 +148,7 @@ def paired_table(frame: pd.DataFrame, value: str = "test_error", scale: float = 
     ``frame``: one row per run with columns ``arm``, ``reference`` (None for reference arms),
     ``purpose``, ``network``, ``seed`` and ``value`` (as :func:`locolib.plans.arm_frame`
     returns). Raises ValueError if an arm's reference arm has no runs.
+    (Chapters 05-06.)
     """
     rows = []
     arms = frame.drop_duplicates("arm")
@@ -185,6 +192,7 @@ def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) ->
     ``ci_high``) with the paper's ``stars`` from the one-sided p. Percent if ``percent``. Raises
     ValueError if a protocol setting (:func:`locolib.config.config_fields` ``"protocol"``) varies
     within a cell: filter first. For arms that share seeds, :func:`paired_table` is the test.
+    (Chapter 05; Table 5.)
     """
     scale = 100.0 if percent else 1.0
     out = []
@@ -216,7 +224,7 @@ def compare(df: pd.DataFrame, percent: bool = True, confidence: float = 0.95) ->
 def best_lams(frame: pd.DataFrame, select: str = "val_error") -> pd.Series:
     """Each regularizer's best ``lam``: the one of lowest mean ``select`` over seeds (the
     validation error; never the test error), the smaller lam on a tie. ``frame``: one row per
-    run with columns ``regularizer``, ``lam``, ``seed`` and ``select``."""
+    run with columns ``regularizer``, ``lam``, ``seed`` and ``select``. (Chapter 05.)"""
     if select.startswith("test"):
         raise ValueError("lam is chosen on the validation split, never on the test set")
     means = frame.groupby(["regularizer", "lam"])[select].mean().reset_index()
@@ -227,7 +235,7 @@ def best_lams(frame: pd.DataFrame, select: str = "val_error") -> pd.Series:
 def lam_curves(frame: pd.DataFrame) -> pd.DataFrame:
     """The whole curve: per regularizer and ``lam``, the number of runs and the mean and
     standard error over seeds of every metric ``frame`` has of test_error, val_error,
-    clean_train_acc, realized_sq, realized_abs."""
+    clean_train_acc, realized_sq, realized_abs. (Chapter 05; Figure 4.)"""
     metrics = [c for c in ("test_error", "val_error", "clean_train_acc", "realized_sq",
                            "realized_abs") if c in frame.columns]
     g = frame.groupby(["regularizer", "lam"])
@@ -298,7 +306,7 @@ def reader_contrasts(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """A :func:`contrast_table` (or :func:`realized_matched`) formatted to fit a page (chapter
     05): per contrast a - b, both lams, both mean realized factors (from ``frame``), n, the
     difference in percentage points with its 95% interval, raw p and, where the table has them,
-    the Holm-adjusted p (or Benjamini-Hochberg's) and the verdict."""
+    the Holm-adjusted p (or Benjamini-Hochberg's) and the verdict. (Chapter 05.)"""
     realized = frame.groupby(["regularizer", "lam"]).realized_sq.mean()
     out = pd.DataFrame({
         "a - b": [f"{a} - {b}".replace("_", " ") for a, b in zip(table.a, table.b)],
@@ -360,6 +368,6 @@ def retrain_differences(committed: pd.DataFrame, retrained: pd.DataFrame,
 def convergence(frame: pd.DataFrame, by: Sequence[str] = ("regularizer", "lam"),
                 threshold: float = 0.99) -> pd.DataFrame:
     """Per group of ``by``: runs, runs that end below ``threshold`` clean training accuracy
-    (the final network on the unaugmented training images) and their fraction."""
+    (the final network on the unaugmented training images) and their fraction. (Chapter 05.)"""
     g = frame.assign(below=frame.clean_train_acc < threshold).groupby(list(by))["below"]
     return pd.DataFrame({"n": g.size(), "below": g.sum(), "fraction_below": g.mean()}).reset_index()

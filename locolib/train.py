@@ -167,7 +167,8 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
 def check_device(device: str | torch.device, here: bool = True) -> torch.device:
     """``device`` as a torch.device, or a ValueError saying what is wrong with it: not a device
     name torch trains on, or (``here``) not a device of this machine (``--device`` of
-    ``locolib-sweep`` and ``python -m locolib.plans``; the running page, book/running.md)."""
+    ``locolib-sweep`` and ``python -m locolib.plans``; the running page, book/running.md).
+    (Chapters 05-07: their studies' command lines.)"""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -188,7 +189,7 @@ def check_device(device: str | torch.device, here: bool = True) -> torch.device:
 def check_per_layer(config: RunConfig) -> None:
     """A ValueError unless ``config``'s per-layer ``gamma``/``eta`` give one value per spatial
     convolution of its network (checked when a plan is made, before anything trains; chapter
-    06's layer-wise parameters, Table 6)."""
+    06's layer-wise parameters, Table 6). (Chapter 06.)"""
     lengths = {name: len(v) for name in ("gamma", "eta")
                if isinstance(v := getattr(config, name), tuple)}
     if not lengths:
@@ -222,7 +223,8 @@ def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
 def training_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a run of ``config`` trains in on ``device``, or None (float32):
     :func:`autocast_dtype` of a CUDA device if ``config.amp``, bfloat16 on the CPU if
-    ``config.amp_cpu`` (each record's ``precision``; the running page, book/running.md)."""
+    ``config.amp_cpu`` (each record's ``precision``; the running page, book/running.md).
+    (Chapters 05-07, on a GPU.)"""
     if config.amp and device.type == "cuda":
         return autocast_dtype(torch.cuda.get_device_capability(device))
     if config.amp_cpu and device.type == "cpu":
@@ -236,7 +238,8 @@ def compile_model(model: torch.nn.Module,
     partial last batch, each evaluation batch size), all built in the first epoch. With
     dynamic shapes torch would replace the full-batch graph by a slower shape-generic one as
     soon as the partial batch arrives. ``backend``: torch.compile's (tests count graphs).
-    ``--compile true`` of the GPU runs (the running page, book/running.md)."""
+    ``--compile true`` of the GPU runs (the running page, book/running.md).
+    (Chapters 05-07, on a GPU.)"""
     return torch.compile(model, backend=backend, dynamic=False)
 
 
@@ -435,7 +438,8 @@ _clock = time.perf_counter
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for timings; a no-op on the CPU): every record's
-    ``timing`` (the running page, book/running.md) and the benchmarks."""
+    ``timing`` (the running page, book/running.md) and the benchmarks.
+    (Chapters 05-07: each record's timing.)"""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
