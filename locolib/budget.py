@@ -34,6 +34,7 @@ from locolib.config import RunConfig
 from locolib.data import dataset_spec
 from locolib.models import build_model
 from locolib.plans import FIXED_LOCO, GROUPS, Arm, Study, study
+from locolib.results import results_frame
 from locolib.stats import minimum_detectable_effect
 
 __all__ = ["Device", "devices", "PROFILE_DEVICE", "H100_RESNET18_IMAGES_PER_S", "flops_per_image",
@@ -155,17 +156,12 @@ def study_seconds(s: Study, device: Device) -> float:
 
 def paired_sd(s: Study, arm: str, records: Iterable[Mapping[str, Any]]) -> tuple[float, int]:
     """Standard deviation (pp) of the per-seed test-error differences between ``arm`` and its
-    reference arm in ``records``, and the number of pairs found.
-    (Chapters 05-07: what their GPU profiles cost and can detect, the running page)
-    """
+    reference arm in ``records``, and the number of pairs found. (Chapter 05; the running page)"""
     a = s.arm(arm)
-    ref = s.arm(a.reference)
-    by_key = {r["key"]: r for r in records}
-    diffs = []
-    for x, y in zip(a.configs(s.dataset, s.protocol), ref.configs(s.dataset, s.protocol)):
-        if x.key in by_key and y.key in by_key:
-            diffs.append(100 * (by_key[x.key]["final"]["test_error"]
-                                - by_key[y.key]["final"]["test_error"]))
+    error = results_frame(records).set_index("key").test_error
+    diffs = [100 * (error[x.key] - error[y.key])
+             for x, y in zip(a.configs(s.dataset, s.protocol), s.arm(a.reference).configs(s.dataset, s.protocol))
+             if x.key in error.index and y.key in error.index]
     return (statistics.stdev(diffs) if len(diffs) > 1 else math.nan), len(diffs)
 
 

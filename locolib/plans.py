@@ -99,6 +99,7 @@ class Arm:
     fields: Mapping[str, Any] = field(default_factory=dict)
     reference: str | None = None  # the arm it is compared with, pair by pair
     purpose: str = ""
+    c: float | None = None  # Table 6's c, for an arm with its layer-wise parameters (chapter 06)
 
     def configs(self, dataset: str, protocol: Mapping[str, Any]) -> list[RunConfig]:
         return [RunConfig(dataset, self.network, self.regularizer, s, **{**protocol, **self.fields})
@@ -166,7 +167,7 @@ class Study:
             p = table6_loco_params(parameter_records, c=c)[f"{self.dataset}/{net}"]
             extra = next(a.fields for a in self.parameter_arms if a.network == net)
             return Arm(name, net, "loco", seeds, {**extra, "gamma": p["gamma"], "eta": p["eta"]},
-                       reference=f"l2/{net}", purpose=purpose)
+                       reference=f"l2/{net}", purpose=purpose, c=c)
 
         arms = [arm(f"loco_table6/{net}", net, PAPER_C, seeds, "Table 5")
                 for net, seeds in self.layerwise.items()]
