@@ -72,8 +72,8 @@ def test_paired_sd_from_records():
     s = study("smoke")
     l2 = s.arm("l2/vgg13").configs(s.dataset, s.protocol)
     loco = s.arm("loco/vgg13").configs(s.dataset, s.protocol)
-    errors = {c.key: e for c, e in zip(l2 + loco, [0.10, 0.20, 0.13, 0.21])}
-    records = [{"key": k, "final": {"test_error": e}} for k, e in errors.items()]
+    records = [{"key": c.key, "config": c.to_dict(), "final": {"test_error": e}}
+               for c, e in zip(l2 + loco, [0.10, 0.20, 0.13, 0.21])]
     sd, n = budget.paired_sd(s, "loco/vgg13", records)
     assert n == 2 and sd == pytest.approx(np.std([3.0, 1.0], ddof=1))
     assert budget.paired_sd(s, "loco/vgg13", records[:3])[1] == 1
