@@ -58,6 +58,9 @@ COMMANDS = documented_commands()
 def test_the_docs_show_the_sweep_commands():
     assert len([c for _, c in COMMANDS if "locolib-sweep" in c]) >= 4, COMMANDS
     assert any("SLURM_ARRAY_TASK_ID" in c for _, c in COMMANDS), "the job-array example is checked"
+    on_running_page = " ".join(c for where, c in COMMANDS if where.startswith("book/running.md"))
+    for option in ("--dask local", "--dask tls://", "--dask slurm", "--shard"):
+        assert option in on_running_page, f"the running page shows no command with {option}"
 
 
 @pytest.mark.parametrize("command", [c for _, c in COMMANDS], ids=[w for w, _ in COMMANDS])
@@ -75,7 +78,10 @@ def test_documented_command_runs_as_written(command, capsys):
         status = getattr(importlib.import_module(module), function)([*argv, "--dry-run"])
     except SystemExit as exit_:
         status = exit_.code
-    assert status in (0, None), capsys.readouterr().err
+    out = capsys.readouterr()
+    assert status in (0, None), out.err
+    if "slurm" in argv:  # the job script a SLURM cluster would get
+        assert "#SBATCH --gres=gpu:1" in out.out and "#SBATCH -p gpu" in out.out
 
 
 # --- --help ------------------------------------------------------------------------------------
