@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-__all__ = ["paired_strip", "learning_curves", "lam_curves"]
+__all__ = ["paired_strip", "learning_curves", "lam_curves", "layer_ratios"]
 
 
 def paired_strip(ax: Axes, frame: pd.DataFrame, arms: Sequence[str], labels: Sequence[str] | None = None,
@@ -65,3 +65,25 @@ def lam_curves(fig: Figure, curves: pd.DataFrame, best: pd.Series, labels: dict[
         ax.set_title(title)
     axes[2].set_yscale("log")
     axes[0].legend(fontsize=7)
+
+
+def layer_ratios(axes: Sequence[Axes], per_model: pd.DataFrame) -> None:
+    """Chapter 06's Figure 1 for one network: on ``axes[0]`` the signed, on ``axes[1]`` the
+    absolute reading, each network's ratio per layer (dots) and their mean (line), neighbours
+    over centre and neighbours over corners. ``per_model``: :func:`locolib.reg.per_model_ratios`
+    of one dataset and network."""
+    labels = {"r_n_c": "$r(I_n, I_c)$: neighbours / centre", "r_n_co": "$r(I_n, I_{co})$: neighbours / corners"}
+    for ax, reading in zip(axes, ["signed", "absolute"]):
+        pm = per_model[per_model.reading == reading]
+        for k, (ratio, color) in enumerate([("r_n_c", "tab:green"), ("r_n_co", "tab:purple")]):
+            sub = pm[pm.ratio == ratio]
+            ax.scatter(sub.layer + (k - 0.5) * 0.25, sub.r, s=10, alpha=0.5, color=color)
+            mean = sub.groupby("layer").r.mean()
+            ax.plot(mean.index + (k - 0.5) * 0.25, mean.values, "-o", ms=4, color=color, label=labels[ratio])
+        ax.axhline(1, color="gray", lw=0.8)
+        if reading == "signed":
+            ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlabel("layer (input side first)")
+        ax.set_ylabel("ratio")
+        ax.set_title(f"{reading} means")
+    axes[1].legend()
