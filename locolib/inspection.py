@@ -28,11 +28,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from locolib.io import write_json
 from locolib.kernels import ring_names, rings, spatial_convs, spatial_kernels
 from locolib.locality import as_matrices, locality_test, magnitude_ratios, table4_row
 from locolib.models import build_model
 from locolib.notebook import FIGURE_WIDTH
-from locolib.results import default_results_dir
+from locolib.results import default_results_dir, read_record
 from locolib.train import RunFiles, derive_seed, train
 
 __all__ = [
@@ -175,16 +176,20 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
     just to recover the weights (otherwise FileNotFoundError). Training is deterministic on one
     machine (on the CPU bitwise), but another CPU or library build can round differently; if the
     recovered run's final metrics differ from the stored record's, a warning says so and the
-    recovered run's own record is returned, so that the network and the record always belong
-    together. (Chapters 04, 07)
+    recovered run's own record is returned, and kept beside the weights (``<key>.json`` in
+    ``model_dir``) for later calls, so that the network and the record always belong together.
+    (Chapters 04, 07)
     """
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     model_dir = Path(model_dir) if model_dir is not None else results_dir / "models"
     files = RunFiles.of(config, results_dir, model_dir=model_dir)
     weights, had_record = files.model, files.record.is_file()
+    own_record = weights.with_suffix(".json")  # the record of recovered weights, where it differs
     record = train(config, results_dir=results_dir, device=device, progress=progress,
                    download=download, model_dir=model_dir)
-    if not weights.is_file():
+    if weights.is_file() and own_record.is_file():
+        record = read_record(own_record, config.key)
+    elif not weights.is_file():
         if not (had_record and retrain_missing):
             raise FileNotFoundError(f"run {config.key} is finished but its weights are not in "
                                     f"{model_dir}; retrain it with model_dir set")
@@ -202,6 +207,7 @@ def trained_model(config: Any, results_dir: str | Path | None = None,
             warnings.warn(f"run {config.key}: retraining it here to recover its weights gave "
                           f"{', '.join(differs)}: this machine rounds differently from the one "
                           "that made the record; using the retrained run's record", stacklevel=2)
+            write_json(own_record, again)
             record = again
     return load_run_model(config, weights, device or "cpu"), record
 

@@ -137,6 +137,22 @@ def test_trained_model_recovers_weights_that_were_not_kept(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"{cfg.key}.json"]
 
 
+def test_weights_recovered_on_another_machine_keep_their_own_record_on_every_call(tmp_path):
+    import json
+
+    cfg = tiny_config(seed=2)
+    train(cfg, results_dir=tmp_path, progress=False)  # weights not kept
+    stored = tmp_path / f"{cfg.key}.json"  # as if another CPU had made it: other final metrics
+    rec = json.loads(stored.read_text())
+    rec["final"]["test_error"] = rec["final"]["test_error"] / 2 + 0.25
+    stored.write_text(json.dumps(rec))
+    with pytest.warns(UserWarning, match="rounds differently"):
+        model, first = ins.trained_model(cfg, results_dir=tmp_path)
+    again_model, again = ins.trained_model(cfg, results_dir=tmp_path)  # the weights are there now
+    assert again == first != rec and weight_stats(again_model) == again["weight_stats"]
+    assert weight_stats(model) == first["weight_stats"]
+
+
 def test_spatial_input_sizes_of_vgg13():
     from locolib.models import build_model
 
