@@ -303,21 +303,21 @@ def best_lam_table(frame: pd.DataFrame, best: pd.Series, threshold: float = 0.99
 
 
 def reader_contrasts(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`contrast_table` (or :func:`realized_matched`) formatted to fit a page (chapter
-    05): per contrast a - b, both lams, both mean realized factors (from ``frame``), n, the
-    difference in percentage points with its 95% interval, raw p and, where the table has them,
-    the Holm-adjusted p (or Benjamini-Hochberg's) and the verdict. (Chapter 05.)"""
+    """A :func:`contrast_table` (or :func:`realized_matched`) formatted to fit a page: per
+    contrast a - b, both lams, both mean realized factors (from ``frame``), the difference in
+    percentage points with its 95% interval, raw p and, where the table has them, the
+    Holm-adjusted p (or Benjamini-Hochberg's) and the verdict. The pairs (``table.n``) are left
+    to the text. (Chapter 05.)"""
     realized = frame.groupby(["regularizer", "lam"]).realized_sq.mean()
     out = pd.DataFrame({
         "a - b": [f"{a} - {b}".replace("_", " ") for a, b in zip(table.a, table.b)],
-        "lam a, b": [f"{x:.3g}, {y:.3g}" for x, y in zip(table.lam_a, table.lam_b)],
-        "realized a, b": [f"{realized[a, x]:.2f}, {realized[b, y]:.2f}"
-                          for a, b, x, y in zip(table.a, table.b, table.lam_a, table.lam_b)],
-        "n": table.n.to_numpy(),
-        "difference, pp [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi
-                                    in zip(table.difference, table.ci_low, table.ci_high)],
+        "lam a/b": [f"{x:.3g}/{y:.3g}" for x, y in zip(table.lam_a, table.lam_b)],
+        "realized a/b": [f"{realized[a, x]:.2f}/{realized[b, y]:.2f}"
+                         for a, b, x, y in zip(table.a, table.b, table.lam_a, table.lam_b)],
+        "pp [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi
+                        in zip(table.difference, table.ci_low, table.ci_high)],
         "p": [f"{p:.2g}" for p in table.p]})
-    for column, name in (("p_holm", "p (Holm)"), ("p_bh", "p (BH)"), ("verdict", "verdict")):
+    for column, name in (("p_holm", "Holm p"), ("p_bh", "BH p"), ("verdict", "verdict")):
         if column in table:
             out[name] = [v if isinstance(v, str) else f"{v:.2g}" for v in table[column]]
     return out.set_index(table.hypothesis.to_numpy()) if "hypothesis" in table else out
