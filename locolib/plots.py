@@ -46,10 +46,11 @@ def learning_curves(ax: Axes, history: pd.DataFrame, arms: dict[str, str], colum
 
 
 def lam_curves(fig: Figure, curves: pd.DataFrame, best: pd.Series, labels: dict[str, str]) -> None:
-    """Chapter 05's whole curves, one line per regularizer (``labels``: regularizer -> legend
-    text) against lam: validation and test error (mean +- standard error over seeds, the best lam
-    by validation ringed), and the realized decay factor. ``curves``: :func:`locolib.stats.lam_curves`."""
-    axes = fig.subplots(1, 3, sharex=True)
+    """Chapter 05's Figure 4, one line per regularizer (``labels``: regularizer -> legend text)
+    against lam in a 2 x 2 grid: validation and test error (mean +- standard error over seeds,
+    the best lam by validation ringed), the realized decay factor, and the legend.
+    ``curves``: :func:`locolib.stats.lam_curves`."""
+    axes = fig.subplots(2, 2).flat
     columns = [("val_error", "validation error (%)", 100), ("test_error", "test error (%)", 100),
                ("realized_sq", "realized factor of $\\lambda$", 1)]
     for ax, (column, title, scale) in zip(axes, columns):
@@ -64,7 +65,8 @@ def lam_curves(fig: Figure, curves: pd.DataFrame, best: pd.Series, labels: dict[
         ax.set_xlabel("$\\lambda$")
         ax.set_title(title)
     axes[2].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    axes[3].legend(*axes[0].get_legend_handles_labels(), loc="center")
+    axes[3].axis("off")
 
 
 def layer_ratios(axes: Sequence[Axes], per_model: pd.DataFrame) -> None:
