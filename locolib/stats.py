@@ -16,7 +16,7 @@ error rate, :func:`benjamini_hochberg` the false discovery rate.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -302,16 +302,18 @@ def best_lam_table(frame: pd.DataFrame, best: pd.Series, threshold: float = 0.99
     return out
 
 
-def reader_contrasts(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+def reader_contrasts(table: pd.DataFrame, frame: pd.DataFrame,
+                     names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """A :func:`contrast_table` (or :func:`realized_matched`) formatted to fit a page: per
-    contrast a - b, both lams, both mean realized factors (from ``frame``), the difference in
-    percentage points with its 95% interval, raw p and, where the table has them, the
-    Holm-adjusted p (or Benjamini-Hochberg's) and the verdict. The pairs (``table.n``) are left
-    to the text. (Chapter 05.)"""
+    contrast a - b (``names``: short names of the regularizers), both lams, both mean realized
+    factors (from ``frame``), the difference in percentage points with its 95% interval, raw p
+    and, where the table has them, the Holm-adjusted p (or Benjamini-Hochberg's) and the
+    verdict. The pairs (``table.n``) are left to the text. (Chapter 05.)"""
+    names = names or {}
     realized = frame.groupby(["regularizer", "lam"]).realized_sq.mean()
     out = pd.DataFrame({
-        "a - b": [f"{a} - {b}".replace("_", " ") for a, b in zip(table.a, table.b)],
-        "lam a/b": [f"{x:.3g}/{y:.3g}" for x, y in zip(table.lam_a, table.lam_b)],
+        "a - b": [f"{names.get(a, a)} - {names.get(b, b)}" for a, b in zip(table.a, table.b)],
+        "lam a/b": [f"{x:.2g}/{y:.2g}" for x, y in zip(table.lam_a, table.lam_b)],
         "realized a/b": [f"{realized[a, x]:.2f}/{realized[b, y]:.2f}"
                          for a, b, x, y in zip(table.a, table.b, table.lam_a, table.lam_b)],
         "pp [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi

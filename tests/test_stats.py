@@ -204,7 +204,8 @@ def test_best_lam_table_and_reader_contrasts_read_each_regularizer_at_its_lam():
     best = pd.Series({"l2": 0.01, "loco": 0.1})
     t = best_lam_table(frame, best)
     assert t.loc["loco"].tolist() == pytest.approx([0.1, 3, 12.0, 13.0 + 0.1 / 3, 0.5, 0.05, 1])
-    shown = reader_contrasts(contrast_table(frame, [H()], best), frame)
+    shown = reader_contrasts(contrast_table(frame, [H()], best), frame, {"loco": "LOCO"})
     assert list(shown.index) == ["H1"] and shown.loc["H1", "realized a/b"] == "0.50/1.00"
+    assert shown.loc["H1", "a - b"] == "LOCO - l2"
     assert shown.loc["H1", "lam a/b"] == "0.1/0.01" and shown.loc["H1", "verdict"] == "contradicted"
     assert shown.loc["H1", "pp [95% CI]"].startswith("+9.03")
